@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install the package with what the demo (or, with "test", the test suite) needs.
+# Idempotent and quick when nothing changed: the install is skipped while pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-demo}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.installed-${extras}-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "== installing airflow-provider-zohobulk[${extras}] into .venv (first run takes a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  if [ "$extras" = "test" ]; then
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+  else
+    .venv/bin/python -m pip install --quiet -e .
+  fi
+  rm -f .venv/.installed-"${extras}"-*
+  touch "$stamp"
+fi
+
+if [ "$extras" = "test" ]; then
+  # The PostgreSQL server binaries (Debian's package); the tests start their own cluster on 127.0.0.1.
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    echo "== installing PostgreSQL from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
