@@ -1,0 +1,209 @@
+"""Access-token cache shared by threads, processes and (optionally) machines.
+
+Zoho allows 10 access tokens per refresh token per 10 minutes and blocks the rest of the window
+after that, and it silently invalidates the oldest of more than 15 live tokens. Every worker minting
+its own token is the known failure mode of Zoho clients. So tokens are minted under a lock and kept:
+
+1. in process memory (threads of one task, the triggerer's event loop);
+2. in a file per refresh token under a 0700 directory, written atomically, with minting serialised
+   by a file lock: N processes on one machine mint exactly one token;
+3. optionally in an Airflow Variable (``token_cache="variable"``), encrypted at rest like any
+   Variable, so a fleet of workers shares one token. Variables have no lock, so machines that miss
+   at the same instant each mint one: at most one token per machine per hour, far below the throttle.
+
+A token is reused until :data:`REFRESH_MARGIN_SECONDS` before it expires. Keys are a hash of the
+accounts URL, client id and refresh token: no secret is ever part of a key or a file name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+REFRESH_MARGIN_SECONDS = 300
+_VARIABLE_PREFIX = "zohobulk_token_"
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    access_token: str
+    expires_at: float
+    api_domain: str | None = None
+
+    def is_fresh(self, now: float | None = None) -> bool:
+        return (now or time.time()) < self.expires_at - REFRESH_MARGIN_SECONDS
+
+
+def cache_key(accounts_url: str, client_id: str, refresh_token: str) -> str:
+    material = "\0".join((accounts_url, client_id, refresh_token)).encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    """``$ZOHOBULK_TOKEN_CACHE_DIR``, else ``$AIRFLOW_HOME/.zohobulk-tokens``, else a per-user tmp dir."""
+    explicit = os.environ.get("ZOHOBULK_TOKEN_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    airflow_home = os.environ.get("AIRFLOW_HOME")
+    if airflow_home:
+        return Path(airflow_home) / ".zohobulk-tokens"
+    return Path(tempfile.gettempdir()) / f"zohobulk-tokens-{os.getuid()}"
+
+
+class _SharedStore:
+    """A second-level store behind the local file (the Airflow Variable backend)."""
+
+    def get(self, key: str) -> CachedToken | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def put(self, key: str, token: CachedToken) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class VariableStore(_SharedStore):
+    """Tokens in Airflow Variables, so every worker of a deployment shares them."""
+
+    def get(self, key: str) -> CachedToken | None:
+        from airflow.sdk import Variable
+
+        try:
+            raw = Variable.get(_VARIABLE_PREFIX + key, default=None)
+        except Exception as exc:  # a missing/unreachable API server must not stop the task
+            log.warning("Zoho token cache: could not read the shared Variable (%s)", type(exc).__name__)
+            return None
+        return _decode(raw)
+
+    def put(self, key: str, token: CachedToken) -> None:
+        from airflow.sdk import Variable
+
+        try:
+            Variable.set(_VARIABLE_PREFIX + key, json.dumps(asdict(token)),
+                         description="Zoho access token cache (airflow-provider-zohobulk)")
+        except Exception as exc:
+            log.warning("Zoho token cache: could not write the shared Variable (%s)", type(exc).__name__)
+
+    def delete(self, key: str) -> None:
+        from airflow.sdk import Variable
+
+        with contextlib.suppress(Exception):
+            Variable.delete(_VARIABLE_PREFIX + key)
+
+
+def _decode(raw: str | bytes | None) -> CachedToken | None:
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return CachedToken(str(data["access_token"]), float(data["expires_at"]), data.get("api_domain"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class TokenCache:
+    """Memory -> local file (+ lock) -> optional shared store. One instance per process is enough."""
+
+    def __init__(self, directory: Path | None = None, shared: _SharedStore | None = None) -> None:
+        self.directory = directory or default_cache_dir()
+        self.shared = shared
+        self._memory: dict[str, CachedToken] = {}
+        self._thread_lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def _ensure_dir(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def get(self, key: str) -> CachedToken | None:
+        """A fresh token from memory, the file or the shared store, without taking the mint lock."""
+        token = self._memory.get(key)
+        if token and token.is_fresh():
+            return token
+        try:
+            token = _decode(self._path(key).read_bytes())
+        except OSError:
+            token = None
+        if (not token or not token.is_fresh()) and self.shared is not None:
+            token = self.shared.get(key)
+        if token and token.is_fresh():
+            self._memory[key] = token
+            return token
+        return None
+
+    def put(self, key: str, token: CachedToken) -> None:
+        self._memory[key] = token
+        self._ensure_dir()
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tok-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(asdict(token), handle)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self.shared is not None:
+            self.shared.put(key, token)
+
+    def invalidate(self, key: str, rejected_token: str) -> None:
+        """Forget ``rejected_token``, but never a newer token another process has already minted."""
+        with self.mint_lock(key):
+            if (cached := self._memory.get(key)) and cached.access_token == rejected_token:
+                del self._memory[key]
+            path = self._path(key)
+            try:
+                on_disk = _decode(path.read_bytes())
+            except OSError:
+                on_disk = None
+            if on_disk and on_disk.access_token == rejected_token:
+                path.unlink(missing_ok=True)
+            if self.shared is not None:
+                shared = self.shared.get(key)
+                if shared and shared.access_token == rejected_token:
+                    self.shared.delete(key)
+
+    @contextlib.contextmanager
+    def mint_lock(self, key: str, timeout: float = 600) -> Iterator[None]:
+        """Serialise minting across threads and processes of this machine."""
+        self._ensure_dir()
+        with self._thread_lock, FileLock(str(self.directory / f"{key}.lock"), timeout=timeout):
+            yield
+
+
+_caches: dict[tuple[str, str], TokenCache] = {}
+_caches_lock = threading.Lock()
+
+
+def get_token_cache(mode: str = "local", directory: Path | None = None) -> TokenCache | None:
+    """The process-wide cache for ``mode`` (``local``, ``variable`` or ``none``)."""
+    mode = (mode or "local").lower()
+    if mode == "none":
+        return None
+    if mode not in ("local", "variable"):
+        from airflow_provider_zohobulk.errors import ZohoConfigurationError
+
+        raise ZohoConfigurationError(f"token_cache must be local, variable or none, not {mode!r}")
+    directory = directory or default_cache_dir()
+    with _caches_lock:
+        cache = _caches.get((mode, str(directory)))
+        if cache is None:
+            cache = TokenCache(directory, VariableStore() if mode == "variable" else None)
+            _caches[(mode, str(directory))] = cache
+        return cache

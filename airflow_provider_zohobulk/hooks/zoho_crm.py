@@ -1,0 +1,554 @@
+"""ZohoCrmHook: an Airflow connection -> Zoho OAuth -> authenticated API calls and streamed downloads.
+
+Design choices worth knowing:
+
+- Tokens come from :mod:`.token_cache`, so parallel tasks share one token instead of tripping Zoho's
+  10-per-10-minutes throttle.
+- The token is a bearer credential. It is attached only to hosts of the connection's data centre
+  (see :mod:`airflow_provider_zohobulk.datacenters`); redirects are followed by hand so that a hop to
+  any other host goes without it.
+- Retries are bounded, logged and use exponential backoff with jitter. A download is retried only
+  before its first byte: once rows are flowing to a sink a retry could not be told apart from a
+  duplicate, so a failure mid-body is an error and the sink aborts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from airflow.sdk import BaseHook
+from airflow_provider_zohobulk import bulk_job
+from airflow_provider_zohobulk.datacenters import ZohoEndpoints, resolve_endpoints
+from airflow_provider_zohobulk.errors import (
+    DisallowedHostError,
+    DownloadError,
+    DownloadLinkExpiredError,
+    InvalidClientError,
+    InvalidClientSecretError,
+    InvalidRefreshTokenError,
+    TokenThrottledError,
+    ZohoApiError,
+    ZohoAuthError,
+    ZohoConfigurationError,
+    ZohoConnectionError,
+    ZohoNotFoundError,
+    ZohoRateLimitError,
+    ZohoScopeError,
+    ZohoServerError,
+    ZohoTokenRejectedError,
+)
+from airflow_provider_zohobulk.hooks.token_cache import CachedToken, TokenCache, cache_key, get_token_cache
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES_IN = 3600
+MAX_REDIRECTS = 5
+_TOKEN_REJECTED_CODES = {"INVALID_TOKEN", "AUTHENTICATION_FAILURE"}
+_SCOPE_HINT = "ZohoCRM.bulk.ALL (or ZohoCRM.bulk.READ / ZohoCRM.bulk.CREATE), ZohoCRM.modules.ALL"
+
+
+def _mask(value: str | None) -> None:
+    """Register a secret with Airflow's masker so it is redacted from every log line."""
+    if not value:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs
+        return
+    mask_secret(value)
+
+
+def safe_url(url: str) -> str:
+    """The URL without query or fragment, for logs and messages (query strings can carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+@dataclass(frozen=True)
+class ZohoConnectionSettings:
+    client_id: str
+    client_secret: str
+    refresh_token: str
+    endpoints: ZohoEndpoints
+    org_id: str | None
+    token_cache: str
+
+    def __repr__(self) -> str:  # never print secrets, even by accident
+        return f"ZohoConnectionSettings(client_id={self.client_id!r}, data_center={self.endpoints.data_center!r})"
+
+
+class Download:
+    """An open result download: iterate it for byte chunks; ``bytes_read`` grows as you do."""
+
+    def __init__(self, response: requests.Response, url: str, chunk_size: int) -> None:
+        self.url = url
+        self.response = response
+        self.chunk_size = chunk_size
+        self.bytes_read = 0
+        length = response.headers.get("Content-Length")
+        self.content_length = int(length) if length and length.isdigit() else None
+        self.content_type = response.headers.get("Content-Type", "")
+        self.filename = _content_disposition_filename(response.headers.get("Content-Disposition", ""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.response.iter_content(chunk_size=self.chunk_size):
+                if chunk:
+                    self.bytes_read += len(chunk)
+                    yield chunk
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise DownloadError(
+                f"the connection dropped after {self.bytes_read} bytes of {safe_url(self.url)} "
+                f"({type(exc).__name__})"
+            ) from None
+        if self.content_length is not None and self.bytes_read < self.content_length:
+            raise DownloadError(
+                f"the download of {safe_url(self.url)} ended after {self.bytes_read} of "
+                f"{self.content_length} bytes"
+            )
+
+
+def _content_disposition_filename(header: str) -> str | None:
+    """``filename*=UTF-8''x.zip`` (RFC 5987) wins over ``filename="x.zip"``."""
+    from urllib.parse import unquote
+
+    plain = None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        key = key.strip().lower()
+        value = value.strip()
+        if key == "filename*" and "''" in value:
+            return unquote(value.split("''", 1)[1])
+        if key == "filename":
+            plain = value.strip('"')
+    return plain
+
+
+class ZohoCrmHook(BaseHook):
+    """Interact with Zoho CRM through a ``zoho_crm`` connection.
+
+    :param zoho_conn_id: the Airflow connection (login = client id, password = client secret,
+        extra: refresh_token, data_center, org_id, accounts_url, api_domain, download_hosts, token_cache).
+    :param timeout: (connect, read) seconds for every HTTP call.
+    :param retry_limit: retries after the first attempt, for connection errors, 429 and 5xx.
+    :param retry_backoff: first backoff in seconds; doubles each retry, with jitter, capped at ``max_backoff``.
+    :param throttle_wait: seconds to wait when Zoho throttles token minting ("Access Denied").
+    :param throttle_max_wait: total seconds to keep waiting for the throttle to lift.
+    :param chunk_size: bytes per chunk yielded by :meth:`stream_download`.
+    """
+
+    conn_name_attr = "zoho_conn_id"
+    default_conn_name = "zoho_crm_default"
+    conn_type = "zoho_crm"
+    hook_name = "Zoho CRM"
+
+    def __init__(
+        self,
+        zoho_conn_id: str = default_conn_name,
+        *,
+        timeout: float | tuple[float, float] = (10.0, 300.0),
+        retry_limit: int = 4,
+        retry_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        throttle_wait: float = 60.0,
+        throttle_max_wait: float = 660.0,
+        chunk_size: int = 1 << 20,
+    ) -> None:
+        super().__init__()
+        self.zoho_conn_id = zoho_conn_id
+        self.timeout = timeout
+        self.retry_limit = retry_limit
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self.throttle_wait = throttle_wait
+        self.throttle_max_wait = throttle_max_wait
+        self.chunk_size = chunk_size
+
+    # --- connection -----------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> ZohoConnectionSettings:
+        conn = self.get_connection(self.zoho_conn_id)
+        extra = conn.extra_dejson or {}
+        refresh_token = extra.get("refresh_token")
+        missing = [
+            name
+            for name, value in (("client id (login)", conn.login), ("client secret (password)", conn.password),
+                                ("refresh_token (extra)", refresh_token))
+            if not value
+        ]
+        if missing:
+            raise ZohoConfigurationError(
+                f"Zoho connection {self.zoho_conn_id!r} is missing: {', '.join(missing)}"
+            )
+        _mask(conn.password)
+        _mask(refresh_token)
+        return ZohoConnectionSettings(
+            client_id=conn.login,
+            client_secret=conn.password,
+            refresh_token=refresh_token,
+            endpoints=resolve_endpoints(
+                extra.get("data_center"),
+                accounts_url=extra.get("accounts_url"),
+                api_domain=extra.get("api_domain"),
+                download_hosts=extra.get("download_hosts"),
+            ),
+            org_id=extra.get("org_id"),
+            token_cache=extra.get("token_cache") or "local",
+        )
+
+    @property
+    def endpoints(self) -> ZohoEndpoints:
+        return self.settings.endpoints
+
+    @cached_property
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = "airflow-provider-zohobulk"
+        return session
+
+    @cached_property
+    def _token_cache(self) -> TokenCache | None:
+        return get_token_cache(self.settings.token_cache)
+
+    @cached_property
+    def _cache_key(self) -> str:
+        s = self.settings
+        return cache_key(s.endpoints.accounts_url, s.client_id, s.refresh_token)
+
+    # --- OAuth ----------------------------------------------------------------------------------
+
+    def get_access_token(self) -> str:
+        """A valid access token: cached and shared when possible, minted (once, under a lock) if not."""
+        cache = self._token_cache
+        if cache is None:
+            return self._current_or_mint()
+        token = cache.get(self._cache_key)
+        if token is None:
+            with cache.mint_lock(self._cache_key):
+                token = cache.get(self._cache_key)  # another process may have minted meanwhile
+                if token is None:
+                    token = self._mint_token()
+                    cache.put(self._cache_key, token)
+        _mask(token.access_token)
+        return token.access_token
+
+    def _current_or_mint(self) -> str:
+        token = self.__dict__.get("_uncached_token")
+        if token is None or not token.is_fresh():
+            token = self._mint_token()
+            self.__dict__["_uncached_token"] = token
+        return token.access_token
+
+    def _forget_token(self, rejected: str) -> None:
+        if self._token_cache is None:
+            self.__dict__.pop("_uncached_token", None)
+        else:
+            self._token_cache.invalidate(self._cache_key, rejected)
+
+    def _mint_token(self) -> CachedToken:
+        s = self.settings
+        dc = s.endpoints.data_center
+        waited = 0.0
+        while True:
+            response = self._send(
+                "POST",
+                s.endpoints.token_url,
+                attach_token=False,
+                data={
+                    "grant_type": "refresh_token",
+                    "client_id": s.client_id,
+                    "client_secret": s.client_secret,
+                    "refresh_token": s.refresh_token,
+                },
+            )
+            body = _json_or_none(response)
+            if body is None:
+                raise ZohoAuthError(
+                    f"Zoho's token endpoint {s.endpoints.token_url} answered HTTP {response.status_code} "
+                    "without a JSON body"
+                )
+            error = body.get("error")
+            if not error and body.get("access_token"):
+                break
+            if error == "Access Denied" or "too many requests" in str(body.get("error_description", "")).lower():
+                if waited + self.throttle_wait > self.throttle_max_wait:
+                    raise TokenThrottledError(
+                        f"Zoho is throttling token requests for this refresh token (10 per 10 minutes) and "
+                        f"it had not lifted after waiting {waited:.0f}s; too many workers are minting tokens "
+                        "(use token_cache 'local' or 'variable')",
+                        error=error,
+                    )
+                log.warning(
+                    "Zoho throttled the token request (Access Denied: too many tokens minted); "
+                    "waiting %.0fs before trying again (%.0fs waited so far, at most %.0fs)",
+                    self.throttle_wait, waited, self.throttle_max_wait,
+                )
+                time.sleep(self.throttle_wait)
+                waited += self.throttle_wait
+                continue
+            raise _auth_error(error, dc, s.endpoints.accounts_url)
+        expires_in = body.get("expires_in", body.get("expires_in_sec", DEFAULT_EXPIRES_IN))
+        try:
+            expires_in = float(expires_in)
+        except (TypeError, ValueError):
+            expires_in = DEFAULT_EXPIRES_IN
+        # Old responses gave expires_in in milliseconds next to expires_in_sec.
+        if expires_in > 86_400 and "expires_in_sec" in body:
+            expires_in = float(body["expires_in_sec"])
+        _mask(body["access_token"])
+        log.info("Minted a Zoho access token for client %s in data centre %s (valid %.0fs)",
+                 s.client_id, dc, expires_in)
+        return CachedToken(body["access_token"], time.time() + expires_in, body.get("api_domain"))
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def _sleep_before_retry(self, attempt: int, reason: str, method: str, url: str,
+                            retry_after: str | None = None) -> None:
+        delay = min(self.max_backoff, self.retry_backoff * (2 ** attempt))
+        delay = delay * (0.5 + random.random() / 2)
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                delay = min(self.max_backoff, max(delay, float(retry_after)))
+        log.warning("Zoho %s %s: %s; retry %d of %d in %.1fs",
+                    method, safe_url(url), reason, attempt + 1, self.retry_limit, delay)
+        time.sleep(delay)
+
+    def _send(self, method: str, url: str, *, attach_token: bool, stream: bool = False,
+              headers: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
+        """One logical request: bounded retries, one token refresh on 401, redirects by hand.
+
+        Answers that are final (2xx, 4xx other than a rejected token, or retries exhausted) are
+        returned as they are; :meth:`_raise_for_zoho_error` turns error bodies into exceptions.
+        """
+        attempt = 0
+        refreshed = False
+        while True:
+            sent_token = None
+            try:
+                response, sent_token = self._send_following_redirects(
+                    method, url, attach_token=attach_token, stream=stream, headers=headers, **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.retry_limit:
+                    raise ZohoConnectionError(
+                        f"Zoho {method} {safe_url(url)} failed after {attempt + 1} attempts: {type(exc).__name__}"
+                    ) from None
+                self._sleep_before_retry(attempt, type(exc).__name__, method, url)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 401 and sent_token and not refreshed:
+                code = (_json_or_none(response, peek=True) or {}).get("code")
+                if code in _TOKEN_REJECTED_CODES or code is None:
+                    response.close()
+                    log.warning("Zoho rejected the access token (%s); minting a new one and retrying once", code)
+                    self._forget_token(sent_token)
+                    refreshed = True
+                    continue
+            if status == 429 or status >= 500:
+                if attempt >= self.retry_limit:
+                    return response
+                reason = f"HTTP {status}"
+                retry_after = response.headers.get("Retry-After")
+                response.close()
+                self._sleep_before_retry(attempt, reason, method, url, retry_after)
+                attempt += 1
+                continue
+            return response
+
+    def _send_following_redirects(self, method: str, url: str, *, attach_token: bool, stream: bool,
+                                  headers: dict[str, str] | None, **kwargs: Any
+                                  ) -> tuple[requests.Response, str | None]:
+        current = url
+        sent_token = None
+        for _hop in range(MAX_REDIRECTS + 1):
+            request_headers = dict(headers or {})
+            if attach_token and self.endpoints.may_receive_token(current):
+                sent_token = self.get_access_token()
+                request_headers["Authorization"] = f"Zoho-oauthtoken {sent_token}"
+            response = self.session.request(
+                method, current, headers=request_headers, stream=stream, timeout=self.timeout,
+                allow_redirects=False, **kwargs,
+            )
+            if not response.is_redirect:
+                return response, sent_token
+            location = response.headers.get("Location", "")
+            response.close()
+            current = urljoin(current, location)
+            if attach_token and not self.endpoints.may_receive_token(current):
+                log.info("Following a redirect to %s without the Zoho token (not a Zoho host of this "
+                         "connection)", urlsplit(current).hostname)
+            if method == "POST":
+                method = "GET"
+                kwargs.pop("data", None)
+                kwargs.pop("json", None)
+        raise DownloadError(f"more than {MAX_REDIRECTS} redirects starting at {safe_url(url)}")
+
+    def _url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return f"{self.endpoints.api_domain}/{path_or_url.lstrip('/')}"
+
+    def request(self, method: str, path_or_url: str, **kwargs: Any) -> requests.Response:
+        """An authenticated CRM API call; Zoho error bodies become typed exceptions.
+
+        ``path_or_url`` is relative to the connection's API domain (``crm/bulk/v8/write/123``) or a
+        full URL on a host allowed to receive the token.
+        """
+        url = self._url(path_or_url)
+        self._check_host(url)
+        response = self._send(method.upper(), url, attach_token=True, **kwargs)
+        self._raise_for_zoho_error(response, url)
+        return response
+
+    def _check_host(self, url: str) -> None:
+        if not self.endpoints.may_receive_token(url):
+            raise DisallowedHostError(
+                f"refusing to send the Zoho token to {urlsplit(url).hostname!r}: it is not a Zoho host of data "
+                f"centre {self.endpoints.data_center!r}; add it to the connection's download_hosts if it is "
+                "genuinely Zoho's"
+            )
+
+    def _raise_for_zoho_error(self, response: requests.Response, url: str, job_id: str | None = None) -> None:
+        if response.status_code < 400:
+            return
+        body = _json_or_none(response) or {}
+        code = body.get("code")
+        message = body.get("message") or response.reason
+        status = response.status_code
+        where = f"Zoho {response.request.method} {safe_url(url)} answered HTTP {status}"
+        kwargs = {"code": code, "zoho_message": message, "status_code": status, "job_id": job_id}
+        if code == "OAUTH_SCOPE_MISMATCH":
+            raise ZohoScopeError(
+                f"{where} OAUTH_SCOPE_MISMATCH: the refresh token lacks the scope this call needs; "
+                f"generate a new refresh token with {_SCOPE_HINT}", **kwargs)
+        if status == 401 or code in _TOKEN_REJECTED_CODES:
+            raise ZohoTokenRejectedError(
+                f"{where} {code}: Zoho rejected a freshly minted token too ({message}); check that the "
+                "connection's data centre matches the account", **kwargs)
+        if code == "RESOURCE_NOT_FOUND" or status == 404:
+            raise ZohoNotFoundError(f"{where} {code}: {message}", **kwargs)
+        if status == 429:
+            raise ZohoRateLimitError(
+                f"{where}: still rate limited after {self.retry_limit} retries ({code or 'no code'})", **kwargs)
+        if status >= 500:
+            raise ZohoServerError(
+                f"{where}: Zoho kept failing after {self.retry_limit} retries ({code or 'no code'}: {message})",
+                **kwargs)
+        raise ZohoApiError(f"{where} {code or ''}: {message}".rstrip(": "), **kwargs)
+
+    # --- Bulk Write -----------------------------------------------------------------------------
+
+    def get_bulk_write_job(self, job_id: str) -> dict[str, Any]:
+        """Job details with every status normalised (``IN PROGRESS`` == ``INPROGRESS``)."""
+        try:
+            response = self.request("GET", f"crm/bulk/v8/write/{job_id}")
+        except ZohoApiError as exc:
+            raise exc.with_context(job_id=job_id) from None
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("data"), list) and body["data"]:
+            body = body["data"][0]  # tolerate the wrapped shape of other Bulk APIs
+        return bulk_job.normalise_job(body)
+
+    @contextlib.contextmanager
+    def stream_download(self, url: str, *, job_id: str | None = None) -> Iterator[Download]:
+        """Open ``url`` for streaming; yields a :class:`Download` to iterate for byte chunks.
+
+        Never holds the body in memory. Retries (connection errors, 429, 5xx, one token refresh)
+        happen only before the first byte. Error bodies (expired link, JSON or HTML instead of a
+        file) raise before anything is yielded.
+        """
+        self._check_host(url)
+        try:
+            response = self._send("GET", url, attach_token=True, stream=True)
+        except ZohoConnectionError as exc:
+            raise exc.with_context(job_id=job_id) from None
+        try:
+            if response.status_code >= 400 or _looks_like_error_body(response):
+                body = _json_or_none(response) or {}
+                if _is_expired_link(body):
+                    raise DownloadLinkExpiredError(
+                        f"Zoho says the download link is no longer valid ({body.get('x-info') or body.get('info')}); "
+                        "fetch the job details again for a fresh link", job_id=job_id)
+                if response.status_code >= 400:
+                    self._raise_for_zoho_error(response, url, job_id=job_id)
+                raise DownloadError(
+                    f"{safe_url(url)} answered with {response.headers.get('Content-Type')!r} instead of a zip: "
+                    f"{_excerpt(response)}", job_id=job_id)
+            yield Download(response, url, self.chunk_size)
+        finally:
+            response.close()
+
+    # --- UI ---------------------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Mint a token (or reuse the cached one) and say which data centre answered."""
+        try:
+            self.get_access_token()
+        except Exception as exc:  # the UI shows the message; secrets are never part of it
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, f"Signed in to Zoho data centre {self.endpoints.data_center!r} ({self.endpoints.accounts_url})"
+
+
+def _auth_error(error: str | None, dc: str, accounts_url: str) -> ZohoAuthError:
+    if error == "invalid_code":
+        return InvalidRefreshTokenError(
+            f"Zoho rejected the refresh token (invalid_code): it is wrong, revoked, or was issued by another "
+            f"data centre than {dc!r} ({accounts_url}); generate a new one in Zoho's API console",
+            error=error)
+    if error == "invalid_client":
+        return InvalidClientError(
+            f"Zoho does not know this client id (invalid_client) at {accounts_url}: most often the connection's "
+            f"data centre ({dc!r}) is not the one the client was registered in", error=error)
+    if error == "invalid_client_secret":
+        return InvalidClientSecretError(
+            "Zoho rejected the client secret (invalid_client_secret): it does not belong to this client id",
+            error=error)
+    return ZohoAuthError(f"Zoho refused to mint an access token: {error or 'no access_token in the answer'}",
+                         error=error)
+
+
+def _json_or_none(response: requests.Response, *, peek: bool = False) -> dict | None:
+    """The JSON body as a dict, or None; ``peek`` reads at most 64 KiB (safe on streamed responses)."""
+    try:
+        if response.raw is not None and response._content_consumed is False:  # type: ignore[attr-defined]
+            raw = response.raw.read(65536, decode_content=True)
+            response._content = raw  # type: ignore[attr-defined]
+            response._content_consumed = True  # type: ignore[attr-defined]
+        data = response.json()
+    except ValueError:
+        return None
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _looks_like_error_body(response: requests.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "").lower()
+    return content_type.startswith(("application/json", "text/html", "text/plain", "text/xml"))
+
+
+def _is_expired_link(body: dict) -> bool:
+    text = f"{body.get('info', '')} {body.get('x-info', '')}".lower()
+    return "link not valid" in text or "expired" in text
+
+
+def _excerpt(response: requests.Response) -> str:
+    try:
+        text = (response._content or b"")[:200].decode("utf-8", "replace")  # type: ignore[attr-defined]
+        if not text:
+            text = response.raw.read(200, decode_content=True).decode("utf-8", "replace")
+    except Exception:
+        return "(unreadable body)"
+    return " ".join(text.split())[:200]
