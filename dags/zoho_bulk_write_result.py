@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from airflow.sdk import DAG, Param
+
 from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator
 from airflow_provider_zohobulk.sinks import DuckDBSink, ObjectStorageSink
 

@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-
 from airflow.sdk import BaseHook
+
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.datacenters import ZohoEndpoints, resolve_endpoints
 from airflow_provider_zohobulk.errors import (

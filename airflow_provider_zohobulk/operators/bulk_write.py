@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
+
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result
 from airflow_provider_zohobulk.errors import (
