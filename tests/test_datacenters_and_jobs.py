@@ -1,0 +1,101 @@
+"""Data-centre resolution, the token host allowlist, and the reading of job details."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_zohobulk import bulk_job
+from airflow_provider_zohobulk.datacenters import DATA_CENTER_CODES, resolve_endpoints
+from airflow_provider_zohobulk.errors import BulkJobFailedError, ZohoConfigurationError
+
+FINISHED = {
+    "status": "COMPLETED", "id": "4150868000005350003", "operation": "insert",
+    "resource": [{"status": "COMPLETED", "code": "COMPLETED", "type": "data",
+                  "module": {"id": "1", "api_name": "Leads"},
+                  "file": {"status": "COMPLETED", "name": "Fil2.csv", "added_count": 9, "skipped_count": 2,
+                           "updated_count": 0, "total_count": 11}}],
+    "result": {"download_url": "https://download-accl.zoho.com/v2/crm/694902309/bulk-write/"
+                               "4150868000005350003/4150868000005350003.zip"},
+}
+
+
+@pytest.mark.parametrize(
+    ("dc", "accounts", "api", "download"),
+    [("us", "https://accounts.zoho.com", "https://www.zohoapis.com", "download-accl.zoho.com"),
+     ("eu", "https://accounts.zoho.eu", "https://www.zohoapis.eu", "download-accl.zoho.eu"),
+     ("in", "https://accounts.zoho.in", "https://www.zohoapis.in", "download-accl.zoho.in"),
+     ("au", "https://accounts.zoho.com.au", "https://www.zohoapis.com.au", "download-accl.zoho.com.au"),
+     ("jp", "https://accounts.zoho.jp", "https://www.zohoapis.jp", "download-accl.zoho.jp"),
+     ("cn", "https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn", "download-accl.zoho.com.cn"),
+     ("ca", "https://accounts.zohocloud.ca", "https://www.zohoapis.ca", "download-accl.zohocloud.ca"),
+     ("sa", "https://accounts.zoho.sa", "https://www.zohoapis.sa", "download-accl.zoho.sa")],
+)
+def test_every_data_centre(dc, accounts, api, download):
+    endpoints = resolve_endpoints(dc)
+    assert endpoints.token_url == f"{accounts}/oauth/v2/token"
+    assert endpoints.api_domain == api
+    assert endpoints.may_receive_token(f"https://{download}/v2/crm/1/bulk-write/2/2.zip")
+    assert endpoints.may_receive_token(api + "/crm/bulk/v8/write/1")
+    sandbox_org = api.replace("www.", "sandbox.")
+    assert endpoints.may_receive_token(sandbox_org + "/crm/bulk/v8/write/1")
+
+
+def test_a_token_never_crosses_data_centres():
+    us = resolve_endpoints("us")
+    assert not us.may_receive_token("https://www.zohoapis.eu/crm/bulk/v8/write/1")
+    assert not us.may_receive_token("https://download-accl.zoho.in/x.zip")
+    assert not us.may_receive_token("https://evil.example.com/www.zohoapis.com")
+    assert not us.may_receive_token("https://www.zohoapis.com.evil.example/x")
+
+
+def test_overrides_and_extra_hosts():
+    endpoints = resolve_endpoints("uk", api_domain="https://www.zohoapis.uk/", accounts_url="http://127.0.0.1:9/",
+                                  download_hosts="files.example.zoho.uk, other.zoho.uk")
+    assert endpoints.api_domain == "https://www.zohoapis.uk"
+    assert endpoints.token_url == "http://127.0.0.1:9/oauth/v2/token"
+    assert endpoints.upload_url == "https://www.zohoapis.uk/crm/v8/upload"
+    assert endpoints.may_receive_token("https://other.zoho.uk/a.zip")
+    assert endpoints.may_receive_token("https://FILES.example.zoho.uk/a.zip")
+
+
+def test_unknown_data_centre_lists_the_known_ones():
+    with pytest.raises(ZohoConfigurationError, match="eu"):
+        resolve_endpoints("mars")
+    assert len(DATA_CENTER_CODES) == 9
+
+
+def test_bad_override_is_refused():
+    with pytest.raises(ZohoConfigurationError, match="not an http"):
+        resolve_endpoints("us", api_domain="ftp://x")
+
+
+@pytest.mark.parametrize("spelling", ["IN PROGRESS", "INPROGRESS", "In Progress", "in_progress"])
+def test_in_progress_spellings_are_one_state(spelling):
+    job = bulk_job.normalise_job({"status": spelling, "resource": [{"status": spelling, "file": {"status": spelling}}]})
+    assert job["status"] == bulk_job.IN_PROGRESS
+    assert job["resource"][0]["status"] == bulk_job.IN_PROGRESS
+    assert job["resource"][0]["file"]["status"] == bulk_job.IN_PROGRESS
+    assert not bulk_job.is_complete(job)
+
+
+def test_finished_job_reading():
+    job = bulk_job.normalise_job(FINISHED)
+    assert bulk_job.is_complete(job)
+    assert bulk_job.expected_counts(job) == {"ADDED": 9, "UPDATED": 0, "SKIPPED": 2}
+    assert bulk_job.job_id_from_download_url(bulk_job.download_url(job)) == "4150868000005350003"
+    bulk_job.raise_if_failed(job, "4150868000005350003")
+
+
+def test_running_job_has_no_counts_or_url():
+    job = {"status": "IN PROGRESS", "resource": [{"status": "IN PROGRESS"}]}
+    assert bulk_job.expected_counts(job) is None
+    assert bulk_job.download_url(job) is None
+
+
+def test_failed_resource_is_raised_with_zoho_code():
+    job = {"status": "COMPLETED", "resource": [{"status": "FAILED", "code": "INVALID_DATA", "message": "bad file",
+                                                "module": {"api_name": "Deals"}, "file": {"name": "d.csv"}}]}
+    with pytest.raises(BulkJobFailedError, match="Deals.*bad file") as info:
+        bulk_job.raise_if_failed(job, "77")
+    assert info.value.code == "INVALID_DATA"
+    assert "job 77" in str(info.value)
