@@ -9,11 +9,13 @@ knows nothing of Airflow.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk import Asset, BaseOperator, conf
 
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result
@@ -27,6 +29,7 @@ from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 from airflow_provider_zohobulk.progress import Progress
 from airflow_provider_zohobulk.sinks.base import ResultSink, load_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
+from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger, raise_error_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -64,6 +67,10 @@ class ZohoBulkWriteResultOperator(BaseOperator):
     :param zoho_conn_id: the ``zoho_crm`` connection.
     :param limits: zip safety limits; raise them for very large exports.
     :param progress_interval: seconds between progress lines in the task log.
+    :param wait_for_completion: wait for a running job to finish before loading (one task both waits and loads).
+    :param deferrable: wait in the triggerer rather than a worker slot (default: ``[operators] default_deferrable``).
+    :param poll_interval: seconds between job-details calls while waiting.
+    :param wait_timeout: seconds to wait for the job before failing.
     :param hook_kwargs: extra keyword arguments for :class:`ZohoCrmHook` (timeouts, retries).
 
     Returns (XCom) a JSON-able summary: job_id, files, rows, by_status, errors_by_code,
@@ -82,6 +89,10 @@ class ZohoBulkWriteResultOperator(BaseOperator):
         zoho_conn_id: str = ZohoCrmHook.default_conn_name,
         limits: UnzipLimits | None = None,
         progress_interval: float = 10.0,
+        wait_for_completion: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 30.0,
+        wait_timeout: float = 24 * 3600.0,
         hook_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -98,26 +109,65 @@ class ZohoBulkWriteResultOperator(BaseOperator):
         self.zoho_conn_id = zoho_conn_id
         self.limits = limits
         self.progress_interval = progress_interval
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
         self.hook_kwargs = hook_kwargs or {}
 
     @cached_property
     def hook(self) -> ZohoCrmHook:
         return ZohoCrmHook(self.zoho_conn_id, **self.hook_kwargs)
 
-    def _completed_job(self, job_id: str) -> dict[str, Any]:
-        job = self.hook.get_bulk_write_job(job_id)
-        bulk_job.raise_if_failed(job, job_id)
+    def execute(self, context: Context) -> dict[str, Any]:
+        job = None
+        if self.job_id:
+            job = self.hook.get_bulk_write_job(self.job_id)
+            bulk_job.raise_if_failed(job, self.job_id)
+            if self.wait_for_completion and not bulk_job.is_complete(job):
+                if self.deferrable:
+                    self.defer(
+                        trigger=ZohoBulkWriteJobTrigger(self.job_id, self.zoho_conn_id, self.poll_interval,
+                                                        self.hook_kwargs),
+                        method_name="execute_complete",
+                        timeout=timedelta(seconds=self.wait_timeout),
+                    )
+                job = self._poll_until_complete()
+            job = self._require_complete(job)
+        return self._load_result(job)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resumed by the triggerer once the job finished: load its result."""
+        if event.get("status") != "success":
+            raise_error_event(event)
+        return self._load_result(self._require_complete(event["job"]))
+
+    def _poll_until_complete(self) -> dict[str, Any]:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            job = self.hook.get_bulk_write_job(self.job_id)
+            bulk_job.raise_if_failed(job, self.job_id)
+            if bulk_job.is_complete(job):
+                return job
+            if time.monotonic() + self.poll_interval > deadline:
+                raise BulkJobNotCompleteError(
+                    f"the job was still {job.get('status')!r} after waiting {self.wait_timeout:.0f}s",
+                    job_id=self.job_id)
+            self.log.info("Zoho Bulk Write job %s is %s; checking again in %.0fs",
+                          self.job_id, job.get("status"), self.poll_interval)
+            time.sleep(self.poll_interval)
+
+    def _require_complete(self, job: dict[str, Any]) -> dict[str, Any]:
         if not bulk_job.is_complete(job):
             raise BulkJobNotCompleteError(
                 f"the Bulk Write job is {job.get('status')!r}, not COMPLETED, so it has no result yet; "
-                "wait for it with ZohoBulkWriteJobSensor (or wait_for_completion=True)", job_id=job_id)
+                "wait for it with ZohoBulkWriteJobSensor or wait_for_completion=True", job_id=self.job_id)
         if not bulk_job.download_url(job):
             raise BulkJobNotCompleteError("the job is COMPLETED but Zoho gave no result.download_url",
-                                          job_id=job_id)
+                                          job_id=self.job_id)
         return job
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        job = self._completed_job(self.job_id) if self.job_id else None
+    def _load_result(self, job: dict[str, Any] | None) -> dict[str, Any]:
         url = self.download_url or bulk_job.download_url(job)
         job_id = self.job_id or bulk_job.job_id_from_download_url(url)
         if not job_id:
@@ -129,7 +179,7 @@ class ZohoBulkWriteResultOperator(BaseOperator):
             if not self.job_id:
                 raise
             self.log.warning("The download link of job %s has expired; asking Zoho for a fresh one", job_id)
-            job = self._completed_job(job_id)
+            job = self._require_complete(self.hook.get_bulk_write_job(job_id))
             summary = self._load(bulk_job.download_url(job), job_id)
         if job is not None:
             self._check_counts(job, summary)
