@@ -134,13 +134,22 @@ class ZohoBulkWriteResultOperator(BaseOperator):
                     )
                 job = self._poll_until_complete()
             job = self._require_complete(job)
-        return self._load_result(job)
+        return self._record_asset_event(context, self._load_result(job))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resumed by the triggerer once the job finished: load its result."""
         if event.get("status") != "success":
             raise_error_event(event)
-        return self._load_result(self._require_complete(event["job"]))
+        return self._record_asset_event(context, self._load_result(self._require_complete(event["job"])))
+
+    def _record_asset_event(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        """Put the small facts downstream DAGs want (job, rows, where) on the Asset event."""
+        for outlet in self.outlets or []:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = {
+                    key: summary[key] for key in ("job_id", "rows", "by_status", "destination")
+                }
+        return summary
 
     def _poll_until_complete(self) -> dict[str, Any]:
         deadline = time.monotonic() + self.wait_timeout
