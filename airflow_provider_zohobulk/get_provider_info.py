@@ -81,7 +81,7 @@ def get_provider_info() -> dict:
                     },
                     "api_domain": {
                         "label": "API domain override",
-                        "description": "For sandbox/developer orgs (https://sandbox.zohoapis.com) or the local sandbox.",
+                        "description": "For sandbox/developer orgs (https://sandbox.zohoapis.com), the local sandbox.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
                     "download_hosts": {
@@ -91,7 +91,7 @@ def get_provider_info() -> dict:
                     },
                     "token_cache": {
                         "label": "Token cache",
-                        "description": "local (one machine, default), variable (shared via an Airflow Variable) or none.",
+                        "description": "local (one machine, default), variable (an Airflow Variable) or none.",
                         "schema": {"type": ["string", "null"], "enum": ["local", "variable", "none", None],
                                    "default": "local"},
                     },
