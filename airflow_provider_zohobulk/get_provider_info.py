@@ -48,6 +48,7 @@ def get_provider_info() -> dict:
                 "python-modules": ["airflow_provider_zohobulk.triggers.bulk_write"],
             }
         ],
+        "extra-links": ["airflow_provider_zohobulk.links.ZohoBulkWriteJobLink"],
         "connection-types": [
             {
                 "connection-type": "zoho_crm",

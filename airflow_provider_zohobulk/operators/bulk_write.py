@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import Asset, BaseOperator, conf
 
@@ -26,6 +27,7 @@ from airflow_provider_zohobulk.errors import (
     ZohoConfigurationError,
 )
 from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+from airflow_provider_zohobulk.links import ZohoBulkWriteJobLink, job_web_url
 from airflow_provider_zohobulk.progress import Progress
 from airflow_provider_zohobulk.sinks.base import ResultSink, load_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
@@ -79,6 +81,7 @@ class ZohoBulkWriteResultOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("job_id", "download_url", "zoho_conn_id", "sink")
     ui_color = "#e8f4fd"
+    operator_extra_links = (ZohoBulkWriteJobLink(),)
 
     def __init__(
         self,
@@ -122,6 +125,9 @@ class ZohoBulkWriteResultOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         job = None
         if self.job_id:
+            endpoints = self.hook.endpoints
+            ZohoBulkWriteJobLink.persist(
+                context, job_web_url(endpoints.crm_web_url, self.hook.settings.org_id, self.job_id))
             job = self.hook.get_bulk_write_job(self.job_id)
             bulk_job.raise_if_failed(job, self.job_id)
             if self.wait_for_completion and not bulk_job.is_complete(job):
@@ -238,3 +244,18 @@ class ZohoBulkWriteResultOperator(BaseOperator):
                 "Row counts differ from Zoho's job details for job %s: file has %s, Zoho says %s",
                 summary["job_id"], actual, expected,
             )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The Zoho job as input, the sink's destination as output (OpenLineage provider installed)."""
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        endpoints = self.hook.endpoints
+        job_id = self.job_id or bulk_job.job_id_from_download_url(self.download_url or "") or "unknown"
+        source = Dataset(namespace=f"zoho-crm://{urlsplit(endpoints.api_domain).netloc}",
+                         name=f"bulk-write/{job_id}")
+        outputs = []
+        if (asset := asset_for(self.sink)) is not None:
+            parts = urlsplit(asset.uri)
+            outputs.append(Dataset(namespace=f"{parts.scheme}://{parts.netloc}", name=parts.path or "/"))
+        return OperatorLineage(inputs=[source], outputs=outputs)
