@@ -1,0 +1,309 @@
+"""Byte chunks of a zip archive -> its members, streamed, with zip-bomb limits and typed errors.
+
+Built on ``stream_unzip`` because it reads a zip front to back (local headers, data descriptors,
+zip64) without seeking, so a download never has to touch the disk. Two things it does not do, and
+this module adds:
+
+* **limits**: it has no zip-bomb guard, so decompressed bytes, the compression ratio and the member
+  count are counted here (:class:`UnzipLimits`);
+* **errors a person can act on**: its exceptions are translated into the package's hierarchy
+  (:mod:`airflow_provider_zohobulk.errors`), and a body that is not a zip at all (Zoho answers an
+  expired link with a small JSON document, proxies answer with HTML) is described instead of being
+  reported as a "bad signature".
+
+Integrity (CRC32, sizes) is only known at the *end* of each member: everything a member yields is
+provisional until its iterator is exhausted, which is why every sink stages and commits at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+
+import stream_unzip
+
+from airflow_provider_zohobulk.errors import (
+    ArchiveError,
+    ArchiveLimitError,
+    CorruptArchiveError,
+    EncryptedArchiveError,
+    NotAZipError,
+    ResultLayoutError,
+    TruncatedArchiveError,
+    ZohoBulkError,
+)
+
+__all__ = ["UnzipLimits", "ZipMember", "iter_csv_members", "iter_members"]
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+LOCAL_FILE_HEADER = b"PK\x03\x04"
+# An archive with no members at all is nothing but its end-of-central-directory record.
+EMPTY_ARCHIVE = b"PK\x05\x06"
+# Enough of a non-zip body to recognise it and to quote a short excerpt.
+SNIFF_BYTES = 512
+EXCERPT_CHARS = 160
+# The ratio is meaningless on tiny amounts (a few header bytes skew it), so it is judged only after
+# this much has been decompressed.
+RATIO_GRACE_BYTES = MiB
+
+
+@dataclass(frozen=True)
+class UnzipLimits:
+    """Safety limits against zip bombs; the defaults pass any genuine Zoho result.
+
+    A 200k-row Bulk Read page is a few hundred MB of CSV and a CSV zips about 9:1, so the defaults
+    leave ample room; raise them for exceptionally large exports.
+
+    :param max_total_bytes: decompressed bytes over all members.
+    :param max_member_bytes: decompressed bytes of any one member.
+    :param max_ratio: decompressed / compressed bytes so far, judged once 1 MiB has come out.
+    :param max_members: number of members (directories included).
+    """
+
+    max_total_bytes: int = 20 * GiB
+    max_member_bytes: int = 10 * GiB
+    max_ratio: float = 200.0
+    max_members: int = 1000
+
+
+class ZipMember:
+    """One member of the archive, whose bytes are streamed.
+
+    :attr:`chunks` must be consumed before the next member is requested; a member left
+    unconsumed is drained (and still checked) by the iterator that produced it.
+    """
+
+    def __init__(self, name: str, size: int | None, chunks: Iterator[bytes]) -> None:
+        self.name = name
+        #: Uncompressed size from the local header; None when only a data descriptor carries it.
+        self.size = size
+        self.chunks = chunks
+
+    @property
+    def is_dir(self) -> bool:
+        return self.name.endswith("/")
+
+    @property
+    def is_csv(self) -> bool:
+        return not self.is_dir and self.name.lower().endswith(".csv")
+
+    def __repr__(self) -> str:
+        return f"ZipMember(name={self.name!r}, size={self.size!r})"
+
+
+def decode_member_name(raw: bytes) -> str:
+    """Member names are UTF-8 (flag bit 11) or, in old archivers, cp437.
+
+    stream_unzip hands over the raw bytes without the flag, so UTF-8 is tried first: a cp437 name
+    with non-ASCII bytes is almost never valid UTF-8, so the guess is right in practice.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp437")
+
+
+def describe_non_zip(head: bytes) -> str:
+    """Say what a body that is not a zip looks like, with a short excerpt that is safe to log.
+
+    Only the first bytes of the *response body* are quoted (never request headers or tokens); Zoho's
+    error documents are short JSON objects whose text is the most useful part of the message.
+    """
+    if not head:
+        return "the download is empty (0 bytes), not a zip archive"
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+    excerpt = text[:EXCERPT_CHARS].replace("\r", " ").replace("\n", " ")
+    if len(text) > EXCERPT_CHARS:
+        excerpt += "..."
+    lowered = text[:200].lower()
+    if text.startswith(("{", "[")):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return f"the download is a JSON body (possibly cut short), not a zip archive: {excerpt!r}"
+        return f"the download is a JSON body, not a zip archive: {json.dumps(document)[:EXCERPT_CHARS]}"
+    if lowered.startswith(("<!doctype html", "<html")) or "<html" in lowered:
+        return f"the download is an HTML page, not a zip archive: {excerpt!r}"
+    if lowered.startswith("<?xml") or lowered.startswith("<"):
+        return f"the download is an XML/markup document, not a zip archive: {excerpt!r}"
+    if head[:4] in (b"PK\x01\x02", b"PK\x07\x08", b"PK\x06\x06"):
+        return f"the download starts inside a zip archive (signature {head[:4]!r}): it was cut at the front"
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head[:64])
+    if printable >= 0.9 * min(len(head), 64):
+        return f"the download is text, not a zip archive: {excerpt!r}"
+    return f"the download is binary data that is not a zip archive (starts with {head[:8].hex(' ')})"
+
+
+def sniff(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Check the body starts like a zip, then give back the same bytes unchanged.
+
+    Raises :class:`NotAZipError` before anything is decompressed, so an error page served instead
+    of the file is reported as such rather than as a corrupt archive.
+    """
+    iterator = iter(chunks)
+    head = b""
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+    if not (head.startswith(LOCAL_FILE_HEADER) or head.startswith(EMPTY_ARCHIVE)):
+        raise NotAZipError(describe_non_zip(head[:SNIFF_BYTES]))
+    return chain((head,), iterator)
+
+
+class ArchiveMeter:
+    """Counts compressed bytes in and decompressed bytes out, and enforces :class:`UnzipLimits`."""
+
+    def __init__(self, limits: UnzipLimits) -> None:
+        self.limits = limits
+        self.compressed_in = 0
+        self.total_out = 0
+        self.members = 0
+
+    def count_input(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.compressed_in += len(chunk)
+            yield chunk
+
+    def start_member(self, name: str, declared_size: int | None) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise ArchiveLimitError(
+                f"the archive has more than max_members={self.limits.max_members} members", file_name=name)
+        if declared_size is not None and declared_size > self.limits.max_member_bytes:
+            raise ArchiveLimitError(
+                f"the member declares {declared_size} bytes uncompressed, over "
+                f"max_member_bytes={self.limits.max_member_bytes}", file_name=name)
+
+    def count_output(self, name: str, member_out: int, produced: int) -> None:
+        self.total_out += produced
+        limits = self.limits
+        if member_out > limits.max_member_bytes:
+            raise ArchiveLimitError(
+                f"the member decompresses to more than max_member_bytes={limits.max_member_bytes} bytes",
+                file_name=name)
+        if self.total_out > limits.max_total_bytes:
+            raise ArchiveLimitError(
+                f"the archive decompresses to more than max_total_bytes={limits.max_total_bytes} bytes",
+                file_name=name)
+        if self.total_out >= RATIO_GRACE_BYTES and self.compressed_in:
+            ratio = self.total_out / self.compressed_in
+            if ratio > limits.max_ratio:
+                raise ArchiveLimitError(
+                    f"compression ratio {ratio:.0f}:1 ({self.total_out} bytes out of {self.compressed_in} "
+                    f"compressed) exceeds max_ratio={limits.max_ratio:g}", file_name=name)
+
+
+def translate(exc: stream_unzip.UnzipError, file_name: str | None, where: str = "") -> ArchiveError:
+    """Map a stream_unzip exception onto the package's typed errors, with a plain-words message.
+
+    ``where`` locates a failure that belongs to no member (between members, or at the end).
+    """
+    error_class, message = classify(exc)
+    return error_class(f"{message} {where}" if where else message, file_name=file_name)
+
+
+def classify(exc: stream_unzip.UnzipError) -> tuple[type[ArchiveError], str]:
+    kind = type(exc).__name__
+    if isinstance(exc, stream_unzip.TruncatedDataError):
+        return TruncatedArchiveError, "the archive ends before it is complete (truncated download?)"
+    if isinstance(exc, stream_unzip.CRC32IntegrityError):
+        return CorruptArchiveError, "CRC32 mismatch: the member's data is corrupt"
+    if isinstance(exc, stream_unzip.SizeIntegrityError):
+        return CorruptArchiveError, f"size mismatch ({kind}): the member's data does not match its recorded size"
+    if isinstance(exc, stream_unzip.UncompressError):
+        return CorruptArchiveError, f"the compressed data cannot be decompressed ({kind})"
+    if isinstance(exc, (stream_unzip.MissingPasswordError, stream_unzip.PasswordError)):
+        return EncryptedArchiveError, "the member is password-protected; Zoho result files never are"
+    if isinstance(exc, stream_unzip.NotStreamUnzippable):
+        return ArchiveError, ("the member is stored uncompressed with its size only in a trailing data "
+                              "descriptor, which cannot be read as a stream")
+    if isinstance(exc, stream_unzip.UnsupportedCompressionTypeError):
+        method = exc.args[0] if exc.args else "?"
+        return ArchiveError, f"the member uses an unsupported compression method ({method})"
+    if isinstance(exc, stream_unzip.UnsupportedFeatureError):
+        return ArchiveError, f"the member uses an unsupported zip feature ({kind})"
+    if isinstance(exc, stream_unzip.UnexpectedSignatureError):
+        return CorruptArchiveError, "malformed zip structure: unexpected record signature"
+    return CorruptArchiveError, f"malformed zip archive ({kind})"
+
+
+def iter_members(
+    chunks: Iterable[bytes], *, limits: UnzipLimits = UnzipLimits(), chunk_size: int = 65536
+) -> Iterator[ZipMember]:
+    """Yield the members of the zip whose bytes arrive as ``chunks``, in archive order.
+
+    Each member's :attr:`ZipMember.chunks` yields at most ``chunk_size`` bytes at a time, so memory
+    is bounded whatever the member's size. A member the caller does not drain is drained here
+    before the next one (its CRC is still checked). Every error is an
+    :class:`~airflow_provider_zohobulk.errors.ArchiveError` subclass naming the member when known.
+    """
+    meter = ArchiveMeter(limits)
+    raw_members = stream_unzip.stream_unzip(
+        meter.count_input(sniff(chunks)), chunk_size=chunk_size, allow_zip64=True)
+    previous: Iterator[bytes] | None = None
+    previous_name: str | None = None
+    while True:
+        if previous is not None:
+            for _ in previous:
+                pass
+        try:
+            raw_name, size, raw_chunks = next(raw_members)
+        except StopIteration:
+            return
+        except stream_unzip.UnzipError as exc:
+            # A failure between members is about the next one's header, or the end of the archive.
+            where = f"after member {previous_name!r}" if previous_name else "at the start of the archive"
+            raise translate(exc, None, where) from exc
+        name = decode_member_name(raw_name)
+        meter.start_member(name, size)
+        previous = checked_chunks(raw_chunks, name, meter)
+        previous_name = name
+        yield ZipMember(name, size, previous)
+
+
+def checked_chunks(raw_chunks: Iterable[bytes], name: str, meter: ArchiveMeter) -> Iterator[bytes]:
+    """A member's chunks, counted against the limits, with stream_unzip errors translated."""
+    member_out = 0
+    try:
+        for chunk in raw_chunks:
+            member_out += len(chunk)
+            meter.count_output(name, member_out, len(chunk))
+            yield chunk
+    except stream_unzip.UnzipError as exc:
+        raise translate(exc, name) from exc
+    except ZohoBulkError as exc:
+        raise exc.with_context(file_name=name) from None
+
+
+def iter_csv_members(
+    chunks: Iterable[bytes],
+    *,
+    limits: UnzipLimits = UnzipLimits(),
+    on_skip: Callable[[str, int], None] | None = None,
+) -> Iterator[ZipMember]:
+    """Yield only the ``.csv`` members; drain every other member and report it via ``on_skip``.
+
+    ``on_skip(name, size)`` receives the decompressed size actually read (directories: 0). An
+    archive without any CSV member raises :class:`ResultLayoutError` naming what it did hold.
+    """
+    seen: list[str] = []
+    found_csv = False
+    for member in iter_members(chunks, limits=limits):
+        seen.append(member.name)
+        if member.is_csv:
+            found_csv = True
+            yield member
+            continue
+        skipped_bytes = sum(len(chunk) for chunk in member.chunks)
+        if on_skip is not None and not member.is_dir:
+            on_skip(member.name, skipped_bytes)
+    if not found_csv:
+        held = ", ".join(repr(name) for name in seen[:20]) or "no members at all"
+        if len(seen) > 20:
+            held += f", ... ({len(seen)} members)"
+        raise ResultLayoutError(f"the result archive holds no .csv file: it holds {held}")
