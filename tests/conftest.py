@@ -11,7 +11,7 @@ from pathlib import Path
 _session_dir = Path(tempfile.mkdtemp(prefix="zohobulk-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_session_dir / "airflow")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["ZOHOBULK_TOKEN_CACHE_DIR"] = str(_session_dir / "tokens")
 os.environ.setdefault("ZOHOBULK_OUTPUT_DIR", str(_session_dir / "output"))
