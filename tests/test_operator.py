@@ -80,11 +80,10 @@ def load_dag_module():
 
 def run_dag(dag, conf: dict) -> tuple[str, dict[str, str], dict[str, object]]:
     """``dag.test()``; returns (state, task states, XCom return values)."""
-    from sqlalchemy import select
-
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     run = dag.test(run_conf=conf)
     with create_session() as session:
@@ -220,7 +219,7 @@ def test_several_csvs_need_the_file_placeholder(sandbox_conn, tmp_path):
         "Contacts-child.csv": header + "B,b@x.com,Acme,2,ADDED,\n",
     }))
     target = tmp_path / "one.parquet"
-    with pytest.raises(SinkConfigurationError, match="{file}"):
+    with pytest.raises(SinkConfigurationError, match=r"\{file\}"):
         run_execute(ZohoBulkWriteResultOperator(task_id="t", job_id=job_id, sink=ObjectStorageSink(str(target)),
                                                 hook_kwargs=FAST_HOOK))
     assert list(tmp_path.iterdir()) == []
