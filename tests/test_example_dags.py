@@ -56,7 +56,8 @@ def test_example_dag_with_airflow_dags_test(zoho_sandbox, tmp_path):
     parquet = list(Path(tmp_path / "out" / "bulk_write" / job_id).glob("*.parquet"))
     assert len(parquet) == 1
     with duckdb.connect(f"{tmp_path}/out/z.duckdb") as con:
-        assert con.execute("SELECT count(*) FROM zoho_bulk_write_results WHERE job_id = ?", [job_id]).fetchone()[0] == 120
+        count = con.execute("SELECT count(*) FROM zoho_bulk_write_results WHERE job_id = ?", [job_id]).fetchone()[0]
+    assert count == 120
     for secret in ("sandbox-client-secret", "sandbox-refresh-token"):
         assert secret not in output
     logs = "".join(p.read_text(errors="replace") for p in home.rglob("*.log")) if home.exists() else ""
