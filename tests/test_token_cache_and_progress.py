@@ -50,7 +50,7 @@ def test_progress_reports_at_the_interval(caplog):
     now = [0.0]
     progress = Progress(logging.getLogger("p"), interval=10, total_bytes=4000, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="p"):
-        for chunk in progress.count_bytes([b"x" * 1000] * 4):
+        for _chunk in progress.count_bytes([b"x" * 1000] * 4):
             now[0] += 4
         assert caplog.text.count("progress:") == 1  # at t=8 no, at t=12 yes, at t=16 no (4s since)
         progress.report("done")
