@@ -1,11 +1,43 @@
 """The Bulk Write result: canonical row layout, STATUS normalisation and ERRORS parsing.
 
-(Implementation in progress: the schema below is the contract every sink is written against.)
+:func:`read_bulk_write_result` is the whole streaming core in one call: zip bytes in, canonical
+batches (:data:`CANONICAL_SCHEMA`) out, one CSV member after the other. Every sink receives exactly
+these batches, so the layout is decided once, here.
+
+Zoho's result CSV holds the first three mapped columns of the upload (under their original headers)
+and then ``RECORD_ID``, ``STATUS`` and ``ERRORS``; column order is not guaranteed, so columns are
+found by name, in any case. Everything is vectorised with pyarrow compute; the only Python-level
+work per batch is parsing each *distinct* ``ERRORS`` text once (most rows share a handful).
+
+The ``ERRORS`` grammar (``MANDATORY_NOT_FOUND-Company,Last_Name:DUPLICATE_DATA-Email``) is
+ambiguous when headers contain the separators; :func:`parse_errors` documents how it decides.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_zohobulk.errors import ArchiveError, CsvFormatError, ResultLayoutError, ZohoBulkError
+from airflow_provider_zohobulk.stream.decode import iter_csv_batches
+from airflow_provider_zohobulk.stream.unzip import UnzipLimits, iter_csv_members
+
+__all__ = [
+    "CANONICAL_SCHEMA",
+    "ERROR_TYPE",
+    "KNOWN_ERROR_CODES",
+    "ResultStats",
+    "normalise_status",
+    "parse_errors",
+    "read_bulk_write_result",
+    "to_canonical",
+]
 
 ERROR_TYPE = pa.struct([("code", pa.string()), ("columns", pa.list_(pa.string()))])
 
@@ -21,3 +53,239 @@ CANONICAL_SCHEMA = pa.schema(
         pa.field("source", pa.map_(pa.string(), pa.string()), nullable=False),
     ]
 )
+
+#: The error codes Zoho documents for Bulk Write results; others are kept, not rejected.
+KNOWN_ERROR_CODES: tuple[str, ...] = (
+    "MANDATORY_NOT_FOUND",
+    "INVALID_DATA",
+    "DUPLICATE_DATA",
+    "NOT_APPROVED",
+    "BLOCKED_RECORD",
+    "CANNOT_PROCESS",
+    "LIMIT_EXCEEDED",
+    "RESOURCE_NOT_FOUND",
+)
+
+#: How ``ResultStats`` counts rows whose STATUS is empty.
+MISSING_STATUS = "(missing)"
+
+_KNOWN_CODE = "|".join(re.escape(code) for code in sorted(KNOWN_ERROR_CODES, key=len, reverse=True))
+_CODE_SHAPE = r"[A-Z][A-Z0-9_]*"
+# A ':' starts the next error only when a code follows it: a known code (then '-', ':' or the end),
+# or any code-shaped word directly followed by '-'. Any other ':' belongs to a column header.
+_ERROR_SEPARATOR = re.compile(rf":\s*(?=(?:{_KNOWN_CODE})(?:-|:|\s*$)|{_CODE_SHAPE}-)")
+_KNOWN_ERROR = re.compile(rf"({_KNOWN_CODE})(?:-(.*))?", re.DOTALL)
+_UNKNOWN_ERROR = re.compile(rf"({_CODE_SHAPE})(?:-(.*))?", re.DOTALL)
+
+# The canonical columns taken from the CSV, by their (upper-case) header.
+RECORD_ID, STATUS, ERRORS = "RECORD_ID", "STATUS", "ERRORS"
+
+
+def parse_errors(text: str | None) -> list[dict[str, Any]]:
+    """Parse an ``ERRORS`` cell into ``[{"code": ..., "columns": [...]}, ...]``; empty or None -> ``[]``.
+
+    Grammar: errors are separated by ``:``, a code is separated from its columns by ``-``, columns
+    by ``,``. Where headers contain those characters the format is ambiguous; the rules are:
+
+    * ``-`` inside headers is safe: the code ends at the first ``-`` after a *known* code, so
+      ``INVALID_DATA-Lead-Source`` is ``INVALID_DATA`` on ``Lead-Source``. For an unknown code the
+      code is the text before the first ``-`` (it must look like a code, ``[A-Z][A-Z0-9_]*``).
+    * ``:`` splits only when a code follows it (see ``_ERROR_SEPARATOR``); a header like
+      ``Time:stamp`` stays whole, but a header containing ``:`` followed by an upper-case word and
+      ``-`` (``Note:ABC-1``) is read as two errors. Nothing in the text can tell them apart.
+    * ``,`` always separates columns: a header containing a comma is split.
+    * A segment that does not start with a code-shaped word is kept whole as the code with no
+      columns, so no text is lost (``errors_raw`` keeps the original anyway).
+    """
+    return [{"code": code, "columns": list(columns)} for code, columns in _parse_errors_cached(text or "")]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_errors_cached(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Immutable, cached parse: the same few ERRORS texts repeat across thousands of rows."""
+    text = text.strip()
+    if not text:
+        return ()
+    parsed = []
+    for segment in _ERROR_SEPARATOR.split(text):
+        segment = segment.strip()
+        if not segment:
+            continue
+        match = _KNOWN_ERROR.fullmatch(segment) or _UNKNOWN_ERROR.fullmatch(segment)
+        if match is None:
+            parsed.append((segment, ()))
+            continue
+        code, column_text = match.group(1), match.group(2) or ""
+        columns = tuple(column.strip() for column in column_text.split(",") if column.strip())
+        parsed.append((code, columns))
+    return tuple(parsed)
+
+
+def normalise_status(value: str | None) -> str | None:
+    """``' added '`` -> ``'ADDED'``; unknown values are kept (upper-cased); empty -> None."""
+    if value is None:
+        return None
+    value = value.strip().upper()
+    return value or None
+
+
+def find_column(names: Sequence[str], wanted: str) -> int | None:
+    """Index of the column whose header is ``wanted`` in any case, ignoring a BOM and whitespace.
+
+    If several match (a mapped column ``Status`` next to Zoho's ``STATUS``), Zoho's exact
+    upper-case spelling wins; failing that, the last one (Zoho appends its columns after the
+    mapped ones).
+    """
+    matches = [i for i, name in enumerate(names) if name.lstrip("\ufeff").strip().upper() == wanted]
+    if not matches:
+        return None
+    exact = [i for i in matches if names[i].lstrip("\ufeff").strip() == wanted]
+    return (exact or matches)[-1]
+
+
+def sequence(length: int, start: int = 0) -> pa.Array:
+    """``start, start + 1, ...`` as int64, built in C (no numpy, no Python loop)."""
+    ones = pa.nulls(length, pa.int64()).fill_null(1)
+    return pc.add(pc.cumulative_sum(ones), start - 1)
+
+
+def source_map(columns: Sequence[pa.Array], names: Sequence[str], num_rows: int) -> pa.MapArray:
+    """The mapped columns as one map per row, header -> value, nulls kept, built without a row loop.
+
+    Map entries are stored row by row, so the column-major values are gathered with one ``take``
+    whose indices are computed arithmetically: entry ``m`` is column ``m % k`` of row ``m // k``.
+    """
+    width = len(names)
+    offsets = pc.multiply(sequence(num_rows + 1), width).cast(pa.int32())
+    if width == 0 or num_rows == 0:
+        empty = pa.array([], pa.string())
+        return pa.MapArray.from_arrays(offsets, empty, empty)
+    entry = sequence(num_rows * width)
+    row = pc.divide(entry, width)
+    column = pc.subtract(entry, pc.multiply(row, width))
+    values = pc.take(pa.concat_arrays([col.cast(pa.string()) for col in columns]),
+                     pc.add(pc.multiply(column, num_rows), row))
+    keys = pc.take(pa.array(list(names), pa.string()), column)
+    return pa.MapArray.from_arrays(offsets, keys, values)
+
+
+def parsed_errors_column(raw: pa.Array) -> pa.Array:
+    """``ERRORS`` text -> list<struct<code, columns>>, parsing each distinct text once; null -> []."""
+    encoded = pc.dictionary_encode(raw)
+    parsed = [parse_errors(text) for text in encoded.dictionary.to_pylist()]
+    parsed.append([])  # where null ERRORS point
+    indices = encoded.indices.fill_null(len(parsed) - 1)
+    return pc.take(pa.array(parsed, pa.list_(ERROR_TYPE)), indices)
+
+
+def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_row_number: int) -> pa.RecordBatch:
+    """One decoded CSV batch -> the canonical layout (:data:`CANONICAL_SCHEMA`).
+
+    ``STATUS`` is required (without it the file is not a Bulk Write result); a missing
+    ``RECORD_ID`` or ``ERRORS`` column is tolerated as nulls / empty lists.
+    """
+    names = batch.schema.names
+    status_at = find_column(names, STATUS)
+    if status_at is None:
+        raise ResultLayoutError(
+            f"the CSV has no STATUS column, so it is not a Bulk Write result; its columns are {list(names)}",
+            file_name=file_name)
+    record_id_at = find_column(names, RECORD_ID)
+    errors_at = find_column(names, ERRORS)
+    num_rows = batch.num_rows
+    nulls = pa.nulls(num_rows, pa.string())
+
+    status = pc.utf8_upper(pc.utf8_trim_whitespace(batch.column(status_at).cast(pa.string())))
+    status = pc.if_else(pc.equal(status, ""), pa.scalar(None, pa.string()), status)
+    errors_raw = batch.column(errors_at).cast(pa.string()) if errors_at is not None else nulls
+    record_id = batch.column(record_id_at).cast(pa.string()) if record_id_at is not None else nulls
+    taken = {status_at, record_id_at, errors_at}
+    source_at = [i for i in range(len(names)) if i not in taken]
+
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.repeat(pa.scalar(job_id, pa.string()), num_rows),
+            pa.repeat(pa.scalar(file_name, pa.string()), num_rows),
+            sequence(num_rows, first_row_number),
+            record_id,
+            status,
+            parsed_errors_column(errors_raw),
+            errors_raw,
+            source_map([batch.column(i) for i in source_at], [names[i] for i in source_at], num_rows),
+        ],
+        schema=CANONICAL_SCHEMA,
+    )
+
+
+def read_bulk_write_result(
+    chunks: Iterable[bytes],
+    *,
+    job_id: str,
+    limits: UnzipLimits | None = None,
+    block_size: int = 1 << 20,
+    on_skip: Callable[[str, int], None] | None = None,
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The whole core pipeline: zip bytes -> ``(file_name, canonical batch)`` for every CSV member.
+
+    Each CSV member yields at least one batch (zero rows when it holds only a header). Batches are
+    provisional until the iterator is exhausted: the archive's integrity is verified member by
+    member, at each member's end. Every error carries ``job_id``. When a member's CSV looks
+    malformed, the rest of the member is read first: if its CRC fails, the corrupt archive is the
+    error reported (the CSV error is its symptom).
+    """
+    try:
+        for member in iter_csv_members(chunks, limits=limits or UnzipLimits(), on_skip=on_skip):
+            next_row = 1
+            try:
+                for batch in iter_csv_batches(member.chunks, file_name=member.name, block_size=block_size):
+                    yield member.name, to_canonical(
+                        batch, job_id=job_id, file_name=member.name, first_row_number=next_row)
+                    next_row += batch.num_rows
+            except CsvFormatError as csv_error:
+                raise_if_archive_broken(member.chunks, csv_error)
+                raise
+    except ZohoBulkError as exc:
+        exc.with_context(job_id=job_id)
+        raise
+
+
+def raise_if_archive_broken(rest_of_member: Iterator[bytes], symptom: CsvFormatError) -> None:
+    """Read the rest of a member whose CSV failed; raise the archive error if there is one."""
+    try:
+        for _ in rest_of_member:
+            pass
+    except ArchiveError as cause:
+        raise cause from symptom
+
+
+class ResultStats:
+    """Running totals over canonical batches, for the task's summary (XCom) and logs."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.rows = 0
+        self.by_status: Counter[str] = Counter()
+        self.errors_by_code: Counter[str] = Counter()
+
+    def add(self, file_name: str, batch: pa.RecordBatch) -> None:
+        """Count one canonical batch (vectorised: value counts, not a row loop)."""
+        if file_name not in self.files:
+            self.files.append(file_name)
+        self.rows += batch.num_rows
+        if not batch.num_rows:
+            return
+        for entry in pc.value_counts(batch.column("status")).to_pylist():
+            self.by_status[entry["values"] or MISSING_STATUS] += entry["counts"]
+        codes = pc.struct_field(pc.list_flatten(batch.column("errors")), "code")
+        for entry in pc.value_counts(codes).to_pylist():
+            if entry["values"] is not None:
+                self.errors_by_code[entry["values"]] += entry["counts"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"files": [...], "rows": n, "by_status": {...}, "errors_by_code": {...}}``."""
+        return {
+            "files": list(self.files),
+            "rows": self.rows,
+            "by_status": dict(sorted(self.by_status.items())),
+            "errors_by_code": dict(sorted(self.errors_by_code.items())),
+        }
