@@ -43,6 +43,8 @@ MiB = 1 << 20
 LOCAL_FILE_HEADER = b"PK\x03\x04"
 # An archive with no members at all is nothing but its end-of-central-directory record.
 EMPTY_ARCHIVE = b"PK\x05\x06"
+# The end-of-central-directory record: 22 bytes plus a comment of up to 65535 bytes.
+MAX_END_RECORD_BYTES = 22 + 0xFFFF
 # Enough of a non-zip body to recognise it and to quote a short excerpt.
 SNIFF_BYTES = 512
 EXCERPT_CHARS = 160
@@ -163,11 +165,32 @@ class ArchiveMeter:
         self.compressed_in = 0
         self.total_out = 0
         self.members = 0
+        self.tail = bytearray()
 
     def count_input(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Count the compressed bytes and keep the last few KiB, where the end record must be."""
         for chunk in chunks:
             self.compressed_in += len(chunk)
+            self.tail += chunk
+            if len(self.tail) > 2 * MAX_END_RECORD_BYTES:
+                del self.tail[:-MAX_END_RECORD_BYTES]
             yield chunk
+
+    def ends_with_end_record(self) -> bool:
+        """Whether the archive ends with a whole end-of-central-directory record.
+
+        stream_unzip reads the central directory without checking it, so an archive cut inside its
+        directory (all members complete) would otherwise pass as whole.
+        """
+        tail = bytes(self.tail[-MAX_END_RECORD_BYTES:])
+        position = tail.rfind(EMPTY_ARCHIVE)
+        while position >= 0:
+            if len(tail) >= position + 22:
+                comment_length = int.from_bytes(tail[position + 20:position + 22], "little")
+                if position + 22 + comment_length == len(tail):
+                    return True
+            position = tail.rfind(EMPTY_ARCHIVE, 0, position)
+        return False
 
     def start_member(self, name: str, declared_size: int | None) -> None:
         self.members += 1
@@ -254,6 +277,11 @@ def iter_members(
         try:
             raw_name, size, raw_chunks = next(raw_members)
         except StopIteration:
+            if not meter.ends_with_end_record():
+                where = f"after member {previous_name!r}" if previous_name else "at the start of the archive"
+                raise TruncatedArchiveError(
+                    f"the archive ends before it is complete: its central directory is cut short ({where})"
+                ) from None
             return
         except stream_unzip.UnzipError as exc:
             # A failure between members is about the next one's header, or the end of the archive.
