@@ -1,0 +1,245 @@
+"""bulk_result.py: ERRORS grammar, STATUS normalisation, canonical batches, the whole core pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from airflow_provider_zohobulk.bulk_result import (
+    CANONICAL_SCHEMA,
+    KNOWN_ERROR_CODES,
+    ResultStats,
+    normalise_status,
+    parse_errors,
+    read_bulk_write_result,
+    to_canonical,
+)
+from airflow_provider_zohobulk.errors import (
+    ArchiveLimitError,
+    CorruptArchiveError,
+    CsvFormatError,
+    NotAZipError,
+    ResultLayoutError,
+    ZohoBulkError,
+)
+from airflow_provider_zohobulk.stream.unzip import UnzipLimits
+from tests.fixtures.zips import (
+    SAMPLE_RESULT_ROWS,
+    chunked,
+    corrupt_first_member,
+    make_result_csv,
+    zip_with_stream_zip,
+    zip_with_zipfile,
+)
+from tests.helpers import canonical_batch
+
+# --- ERRORS grammar -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, []),
+        ("", []),
+        ("   ", []),
+        ("MANDATORY_NOT_FOUND-Company,Last_Name:DUPLICATE_DATA-Email",
+         [("MANDATORY_NOT_FOUND", ["Company", "Last_Name"]), ("DUPLICATE_DATA", ["Email"])]),
+        ("INVALID_DATA-Lead-Source", [("INVALID_DATA", ["Lead-Source"])]),
+        ("MANDATORY_NOT_FOUND-Lead-Source,Last_Name", [("MANDATORY_NOT_FOUND", ["Lead-Source", "Last_Name"])]),
+        ("NEW_ZOHO_CODE-Email:INVALID_DATA-Phone", [("NEW_ZOHO_CODE", ["Email"]), ("INVALID_DATA", ["Phone"])]),
+        ("LIMIT_EXCEEDED", [("LIMIT_EXCEEDED", [])]),
+        ("CANNOT_PROCESS:BLOCKED_RECORD-Owner", [("CANNOT_PROCESS", []), ("BLOCKED_RECORD", ["Owner"])]),
+        ("INVALID_DATA-Time:stamp,Email", [("INVALID_DATA", ["Time:stamp", "Email"])]),
+        ("INVALID_DATA-Note : DUPLICATE_DATA-Email", [("INVALID_DATA", ["Note"]), ("DUPLICATE_DATA", ["Email"])]),
+        ("MANDATORY_NOT_FOUND-", [("MANDATORY_NOT_FOUND", [])]),
+        ("something went wrong", [("something went wrong", [])]),
+    ],
+    ids=["none", "empty", "blank", "reference-example", "hyphen-header", "hyphen-and-more", "unknown-code",
+         "no-columns", "two-codes-first-bare", "colon-in-header", "spaces-around-colon", "dangling-dash",
+         "free-text"],
+)
+def test_parse_errors(text, expected):
+    assert parse_errors(text) == [{"code": code, "columns": columns} for code, columns in expected]
+
+
+def test_every_known_code_parses_with_hyphenated_columns():
+    assert len(KNOWN_ERROR_CODES) == 8
+    for code in KNOWN_ERROR_CODES:
+        assert parse_errors(f"{code}-Lead-Source,A-B-C") == [{"code": code, "columns": ["Lead-Source", "A-B-C"]}]
+
+
+def test_parse_errors_returns_fresh_lists_despite_caching():
+    first = parse_errors("DUPLICATE_DATA-Email")
+    first[0]["columns"].append("mutated")
+    assert parse_errors("DUPLICATE_DATA-Email") == [{"code": "DUPLICATE_DATA", "columns": ["Email"]}]
+
+
+@pytest.mark.parametrize(("value", "expected"),
+                         [(" added ", "ADDED"), ("Updated", "UPDATED"), ("weird", "WEIRD"), ("", None), (None, None)])
+def test_normalise_status(value, expected):
+    assert normalise_status(value) == expected
+
+
+# --- canonical batches ----------------------------------------------------------------------------
+
+
+def text_batch(columns: dict[str, list]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({name: pa.array(values, pa.string()) for name, values in columns.items()})
+
+
+def test_columns_are_found_by_name_in_any_case_and_order():
+    batch = text_batch({
+        "errors ": ["INVALID_DATA-Email", None],
+        "\ufeffStatus": [" added", "skipped "],
+        "Email": ["a@x.com", None],
+        "record_id": ["0041508680000053500", None],
+        "Last_Name": ["Smith", "Jones"],
+    })
+    canonical = to_canonical(batch, job_id="J1", file_name="Leads.csv", first_row_number=41)
+    assert canonical.schema == CANONICAL_SCHEMA
+    assert canonical.to_pylist() == [
+        {"job_id": "J1", "file_name": "Leads.csv", "row_number": 41, "record_id": "0041508680000053500",
+         "status": "ADDED", "errors": [{"code": "INVALID_DATA", "columns": ["Email"]}],
+         "errors_raw": "INVALID_DATA-Email", "source": [("Email", "a@x.com"), ("Last_Name", "Smith")]},
+        {"job_id": "J1", "file_name": "Leads.csv", "row_number": 42, "record_id": None,
+         "status": "SKIPPED", "errors": [], "errors_raw": None, "source": [("Email", None), ("Last_Name", "Jones")]},
+    ]
+
+
+def test_zoho_status_wins_over_a_mapped_status_column():
+    batch = text_batch({"Status": ["Contacted"], "RECORD_ID": ["1"], "STATUS": ["ADDED"], "ERRORS": [None]})
+    row = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).to_pylist()[0]
+    assert row["status"] == "ADDED"
+    assert row["source"] == [("Status", "Contacted")]
+
+
+def test_missing_status_column_is_a_layout_error_naming_file_and_columns():
+    batch = text_batch({"Last_Name": ["x"], "RECORD_ID": ["1"], "ERRORS": [None]})
+    with pytest.raises(ResultLayoutError, match=r"no STATUS column.*\['Last_Name', 'RECORD_ID', 'ERRORS'\]") as caught:
+        to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1)
+    assert caught.value.file_name == "Leads.csv"
+
+
+def test_missing_record_id_and_errors_columns_are_tolerated():
+    batch = text_batch({"STATUS": ["ADDED", "UNPROCESSED"], "Email": ["a", "b"]})
+    rows = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).to_pylist()
+    assert [(r["record_id"], r["errors"], r["errors_raw"], r["source"]) for r in rows] == [
+        (None, [], None, [("Email", "a")]), (None, [], None, [("Email", "b")])]
+
+
+def test_zero_rows_and_no_source_columns():
+    empty = to_canonical(text_batch({"Email": [], "STATUS": []}), job_id="J", file_name="f.csv", first_row_number=1)
+    assert empty.num_rows == 0
+    assert empty.schema == CANONICAL_SCHEMA
+    bare = to_canonical(text_batch({"STATUS": ["ADDED"]}), job_id="J", file_name="f.csv", first_row_number=7)
+    assert bare.to_pylist()[0]["source"] == []
+    assert bare.to_pylist()[0]["row_number"] == 7
+
+
+def test_same_rows_as_the_shared_test_helper_builds():
+    rows = [("Smith", "s@x.com", "Acme, Inc.", "4150868000005350003", "ADDED", ""),
+            ("", "d@x.com", "", "", "skipped", "MANDATORY_NOT_FOUND-Company,Last_Name:DUPLICATE_DATA-Email")]
+    batch = text_batch({name: [r[i] or None for r in rows] for i, name in
+                        enumerate(("Last_Name", "Email", "Company", "RECORD_ID", "STATUS", "ERRORS"))})
+    expected = canonical_batch("J", "f.csv", [
+        {"record_id": "4150868000005350003", "status": "ADDED",
+         "source": {"Last_Name": "Smith", "Email": "s@x.com", "Company": "Acme, Inc."}},
+        {"status": "SKIPPED", "errors_raw": rows[1][5],
+         "errors": [{"code": "MANDATORY_NOT_FOUND", "columns": ["Company", "Last_Name"]},
+                    {"code": "DUPLICATE_DATA", "columns": ["Email"]}],
+         "source": {"Last_Name": None, "Email": "d@x.com", "Company": None}},
+    ])
+    assert to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).equals(expected)
+
+
+# --- the whole pipeline ---------------------------------------------------------------------------
+
+
+def run(archive: bytes, chunk_size: int = 1000, **kwargs) -> list[tuple[str, pa.RecordBatch]]:
+    return list(read_bulk_write_result(chunked(archive, chunk_size), job_id="4150868000005350003", **kwargs))
+
+
+def test_pipeline_over_several_members_with_different_columns():
+    leads = make_result_csv(SAMPLE_RESULT_ROWS * 1000, bom=True)
+    contacts = make_result_csv([("Ann", "1", "updated", "")], header=("First_Name", "RECORD_ID", "STATUS", "ERRORS"))
+    header_only = make_result_csv([])
+    skipped: list[tuple[str, int]] = []
+    archive = zip_with_stream_zip({"Leads-bulkwrite.csv": leads, "log.txt": b"hello",
+                                   "Contacts-bulkwrite.csv": contacts, "Deals-bulkwrite.csv": header_only})
+    results = run(archive, block_size=256, on_skip=lambda name, size: skipped.append((name, size)))
+    assert skipped == [("log.txt", 5)]
+    names = [name for name, _ in results]
+    assert names[0] == "Leads-bulkwrite.csv" and names[-2:] == ["Contacts-bulkwrite.csv", "Deals-bulkwrite.csv"]
+    assert names.count("Leads-bulkwrite.csv") > 1  # a block is at least block_size, at most that plus a chunk
+    assert all(batch.schema == CANONICAL_SCHEMA for _, batch in results)
+    leads_rows = [row for name, batch in results if name == "Leads-bulkwrite.csv" for row in batch.to_pylist()]
+    assert [row["row_number"] for row in leads_rows] == list(range(1, 4001))
+    assert leads_rows[2]["source"] == [("Last_Name", 'Quote "q"'), ("Email", "line\nbreak@example.com"),
+                                       ("Company", "Zürich ☃")]
+    assert leads_rows[2]["record_id"] == "0041508680000053500"
+    contacts_rows = [row for name, batch in results if name == "Contacts-bulkwrite.csv" for row in batch.to_pylist()]
+    assert contacts_rows == [{"job_id": "4150868000005350003", "file_name": "Contacts-bulkwrite.csv", "row_number": 1,
+                              "record_id": "1", "status": "UPDATED", "errors": [], "errors_raw": None,
+                              "source": [("First_Name", "Ann")]}]
+    assert [batch.num_rows for name, batch in results if name == "Deals-bulkwrite.csv"] == [0]
+
+
+@pytest.mark.parametrize(
+    ("archive", "error", "file_name"),
+    [
+        (b'{"info": "Forbidden", "x-info": "Link not valid"}', NotAZipError, None),
+        (zip_with_zipfile({"Leads.csv": b"Last_Name,RECORD_ID\r\nx,1\r\n"}), ResultLayoutError, "Leads.csv"),
+        (zip_with_zipfile({"Leads.csv": make_result_csv([("a", "b")])}), CsvFormatError, "Leads.csv"),
+        (zip_with_zipfile({"notes.txt": b"x"}), ResultLayoutError, None),
+        (zip_with_stream_zip({"Leads.csv": b"0" * (3 << 20)}), ArchiveLimitError, "Leads.csv"),
+    ],
+    ids=["not-a-zip", "no-status", "ragged", "no-csv", "bomb"],
+)
+def test_every_error_carries_the_job_id(archive, error, file_name):
+    with pytest.raises(error) as caught:
+        run(archive)
+    assert caught.value.job_id == "4150868000005350003"
+    assert caught.value.file_name == file_name
+    assert "job 4150868000005350003" in str(caught.value)
+
+
+def test_a_csv_error_caused_by_corruption_is_reported_as_the_corrupt_archive():
+    data = make_result_csv(SAMPLE_RESULT_ROWS * 200)
+    archive = zip_with_zipfile({"Leads.csv": data}, compression="stored")
+    broken = corrupt_first_member(archive, offset_in_data=data.index(b"Smith", 100))  # invalid UTF-8 in a row
+    with pytest.raises(CorruptArchiveError, match="CRC32") as caught:
+        run(broken, block_size=256)  # the bad row is parsed long before the member's end and its CRC
+    assert isinstance(caught.value.__cause__, CsvFormatError)
+    assert (caught.value.job_id, caught.value.file_name) == ("4150868000005350003", "Leads.csv")
+
+
+def test_limits_are_passed_through():
+    archive = zip_with_zipfile({"Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS)})
+    with pytest.raises(ArchiveLimitError):
+        run(archive, limits=UnzipLimits(max_member_bytes=10))
+
+
+def test_errors_are_zoho_bulk_errors():
+    with pytest.raises(ZohoBulkError):
+        run(b"")
+
+
+# --- stats -------------------------------------------------------------------------------------------
+
+
+def test_result_stats_counts_by_status_and_error_code():
+    rows = SAMPLE_RESULT_ROWS * 5 + [("x", "y", "z", "", " ", "")]
+    archive = zip_with_stream_zip({"Leads.csv": make_result_csv(rows), "Empty.csv": make_result_csv([])})
+    stats = ResultStats()
+    for name, batch in run(archive, block_size=128):
+        stats.add(name, batch)
+    summary = stats.as_dict()
+    assert summary == {
+        "files": ["Leads.csv", "Empty.csv"],
+        "rows": 21,
+        "by_status": {"(missing)": 1, "ADDED": 5, "SKIPPED": 5, "UNPROCESSED": 5, "UPDATED": 5},
+        "errors_by_code": {"DUPLICATE_DATA": 5, "INVALID_DATA": 5, "MANDATORY_NOT_FOUND": 5},
+    }
+    assert json.loads(json.dumps(summary)) == summary
