@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -247,7 +248,7 @@ def test_schema_qualified_and_quoted_names(pg_conn_env, db, pg_table_name):
         written = load(name, "J1", {"a.csv": sample_rows(2)})
         target = f"{quoted(location[0])}.{quoted(location[1])}"
         assert len(table_rows(db, target)) == 2
-        assert written[0].endswith("/" + "/".join(__import__("urllib.parse").parse.quote(p, safe="") for p in location))
+        assert written[0].endswith("/" + "/".join(quote(part, safe="") for part in location))
 
 
 def test_injection_attempts_run_nothing_but_the_load(pg_conn_env, db, pg_table_name):

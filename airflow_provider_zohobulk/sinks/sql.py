@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -141,7 +140,8 @@ class SqlSink(ResultSink):
     """Load canonical rows into ``table`` of the Airflow SQL connection ``conn_id``.
 
     ``table`` is ``table`` or ``schema.table`` (a part may be double-quoted to hold a dot); it is
-    validated here, at DAG-parse time, and again in :meth:`open` after Jinja rendering.
+    validated here, at DAG-parse time (unless it is a Jinja template), and again in :meth:`open`
+    after Airflow rendered it.
     ``batch_rows`` bounds how many rows are encoded (COPY) or sent (executemany) at a time.
 
     :attr:`asset_uri` is ``postgres://host:port/database/schema/table`` for PostgreSQL (Airflow's
@@ -157,7 +157,8 @@ class SqlSink(ResultSink):
             raise SinkConfigurationError("SqlSink needs an Airflow connection id")
         if batch_rows < 1:
             raise SinkConfigurationError(f"batch_rows must be at least 1, got {batch_rows}")
-        split_table_name(table)
+        if not _is_templated(table):
+            split_table_name(table)
         self.conn_id = conn_id
         self.table = table
         self.batch_rows = batch_rows
@@ -204,6 +205,11 @@ class SqlSink(ResultSink):
             load.abort()
 
 
+def _is_templated(text: str) -> bool:
+    """A Jinja template (``{{ params.schema }}.results``) can only be checked once Airflow rendered it."""
+    return "{{" in text or "{%" in text
+
+
 def _get_airflow_connection(conn_id: str) -> Any:
     """The Airflow connection; imported here so that importing the sink does not import Airflow."""
     from airflow.sdk import BaseHook
@@ -223,7 +229,9 @@ def _get_dbapi_hook(connection: Any, conn_id: str) -> Any:
             f"connection {conn_id!r} of type {connection.conn_type!r} has no usable hook (is its provider "
             f"installed?): {type(exc).__name__}"
         ) from exc
-    if not callable(getattr(hook, "get_conn", None)):
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    if not isinstance(hook, DbApiHook):
         raise SinkConfigurationError(
             f"connection {conn_id!r} of type {connection.conn_type!r} is not a SQL (DB-API) connection"
         )
@@ -440,14 +448,12 @@ class _DbApiLoad:
             self.abort()
             raise _failure(self.table, self.job_id, f"committing the load into {self.dialect or 'SQL'}", exc,
                            None) from exc
-        _close_quietly(self.connection.close)
+        with contextlib.suppress(Exception):
+            self.connection.close()  # committed already; a failing close changes nothing
 
     def abort(self) -> None:
         if self.connection is not None:
-            _close_quietly(self.connection.rollback)
-            _close_quietly(self.connection.close)
-
-
-def _close_quietly(action: Callable[[], Any]) -> None:
-    with contextlib.suppress(Exception):
-        action()
+            with contextlib.suppress(Exception):
+                self.connection.rollback()
+            with contextlib.suppress(Exception):
+                self.connection.close()
