@@ -16,10 +16,12 @@ ambiguous when headers contain the separators; :func:`parse_errors` documents ho
 from __future__ import annotations
 
 import functools
+import queue
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,6 +78,8 @@ _CODE_SHAPE = r"[A-Z][A-Z0-9_]*"
 _ERROR_SEPARATOR = re.compile(rf":\s*(?=(?:{_KNOWN_CODE})(?:-|:|\s*$)|{_CODE_SHAPE}-)")
 _KNOWN_ERROR = re.compile(rf"({_KNOWN_CODE})(?:-(.*))?", re.DOTALL)
 _UNKNOWN_ERROR = re.compile(rf"({_CODE_SHAPE})(?:-(.*))?", re.DOTALL)
+
+T = TypeVar("T")
 
 # The canonical columns taken from the CSV, by their (upper-case) header.
 RECORD_ID, STATUS, ERRORS = "RECORD_ID", "STATUS", "ERRORS"
@@ -171,6 +175,9 @@ def source_map(columns: Sequence[pa.Array], names: Sequence[str], num_rows: int)
 
 def parsed_errors_column(raw: pa.Array) -> pa.Array:
     """``ERRORS`` text -> list<struct<code, columns>>, parsing each distinct text once; null -> []."""
+    if raw.null_count == len(raw):  # the usual batch of a successful job: no gather needed
+        offsets = pa.nulls(len(raw) + 1, pa.int32()).fill_null(0)
+        return pa.ListArray.from_arrays(offsets, pa.array([], ERROR_TYPE), type=pa.list_(ERROR_TYPE))
     encoded = pc.dictionary_encode(raw)
     parsed = [parse_errors(text) for text in encoded.dictionary.to_pylist()]
     parsed.append([])  # where null ERRORS point
@@ -232,21 +239,85 @@ def read_bulk_write_result(
     member, at each member's end. Every error carries ``job_id``. When a member's CSV looks
     malformed, the rest of the member is read first: if its CRC fails, the corrupt archive is the
     error reported (the CSV error is its symptom).
+
+    The three stages of a member run concurrently (decompression, CSV parsing, canonical layout),
+    each a couple of items ahead of the next (:func:`readahead`): zlib, pyarrow's parser and its
+    compute kernels release the GIL, so a second core is used and memory stays bounded.
     """
     try:
         for member in iter_csv_members(chunks, limits=limits or UnzipLimits(), on_skip=on_skip):
-            next_row = 1
-            try:
-                for batch in iter_csv_batches(member.chunks, file_name=member.name, block_size=block_size):
-                    yield member.name, to_canonical(
-                        batch, job_id=job_id, file_name=member.name, first_row_number=next_row)
-                    next_row += batch.num_rows
-            except CsvFormatError as csv_error:
-                raise_if_archive_broken(member.chunks, csv_error)
-                raise
+            yield from canonical_member_batches(member.name, member.chunks, job_id=job_id, block_size=block_size)
     except ZohoBulkError as exc:
         exc.with_context(job_id=job_id)
         raise
+
+
+def canonical_member_batches(
+    file_name: str, member_chunks: Iterator[bytes], *, job_id: str, block_size: int
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """One CSV member through decode and canonical layout, its stages overlapped in threads."""
+    chunks_ahead = readahead(member_chunks, depth=8)
+    batches_ahead = readahead(iter_csv_batches(chunks_ahead, file_name=file_name, block_size=block_size), depth=2)
+    next_row = 1
+    try:
+        for batch in batches_ahead:
+            yield file_name, to_canonical(batch, job_id=job_id, file_name=file_name, first_row_number=next_row)
+            next_row += batch.num_rows
+    except CsvFormatError as csv_error:
+        chunks_ahead.close()  # stop the decompression thread before reading on in this one
+        raise_if_archive_broken(member_chunks, csv_error)
+        raise
+    finally:
+        batches_ahead.close()
+        chunks_ahead.close()
+
+
+_END = object()
+
+
+def readahead(iterable: Iterable[T], *, depth: int) -> Iterator[T]:
+    """Iterate ``iterable`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    Items, the end, and any exception (re-raised here, traceback intact) arrive in order. Closing
+    this generator stops the thread after its current item and waits for it, so the source is never
+    used by two threads at once; the source is left open (the caller may read on, e.g. to drain a
+    zip member for its CRC check).
+    """
+    handoff: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not offer((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer((_END, exc))
+            return
+        offer((_END, None))
+
+    thread = threading.Thread(target=produce, name="zohobulk-readahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def raise_if_archive_broken(rest_of_member: Iterator[bytes], symptom: CsvFormatError) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pyarrow as pa
 import pytest
@@ -22,6 +23,7 @@ from airflow_provider_zohobulk.errors import (
     CsvFormatError,
     NotAZipError,
     ResultLayoutError,
+    TruncatedArchiveError,
     ZohoBulkError,
 )
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
@@ -30,6 +32,7 @@ from tests.fixtures.zips import (
     chunked,
     corrupt_first_member,
     make_result_csv,
+    truncate,
     zip_with_stream_zip,
     zip_with_zipfile,
 )
@@ -243,3 +246,30 @@ def test_result_stats_counts_by_status_and_error_code():
         "errors_by_code": {"DUPLICATE_DATA": 5, "INVALID_DATA": 5, "MANDATORY_NOT_FOUND": 5},
     }
     assert json.loads(json.dumps(summary)) == summary
+
+
+# --- concurrency plumbing ---------------------------------------------------------------------------
+
+
+def readahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "zohobulk-readahead" and t.is_alive()]
+
+
+def test_stopping_early_leaves_no_thread_behind_and_the_next_run_works():
+    archive = zip_with_stream_zip({"Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS * 2000)})
+    results = read_bulk_write_result(chunked(archive, 4096), job_id="J", block_size=1024)
+    name, first = next(results)
+    assert (name, first.column("row_number")[0].as_py()) == ("Leads.csv", 1)
+    results.close()
+    assert readahead_threads() == []
+    assert sum(batch.num_rows for _, batch in run(archive)) == 8000
+    assert readahead_threads() == []
+
+
+def test_an_error_in_a_background_stage_arrives_with_its_traceback_and_no_thread_left():
+    archive = truncate(zip_with_stream_zip({"Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS * 500)}), 0.5)
+    with pytest.raises(TruncatedArchiveError) as caught:
+        run(archive, block_size=512)
+    assert caught.value.job_id == "4150868000005350003"
+    assert any(entry.name == "checked_chunks" for entry in caught.traceback)
+    assert readahead_threads() == []
