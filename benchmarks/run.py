@@ -1,0 +1,420 @@
+"""Run every benchmark case against one generated result, in the same run, and write ``results.md``.
+
+``python -m benchmarks.run`` (default: the full 5,000,000 rows) or ``--rows 200000`` for a quick look.
+
+How a run goes: the result zip is generated (or found in the cache), the local Zoho sandbox serves it
+over real HTTP as a finished Bulk Write job, a throwaway PostgreSQL cluster starts on 127.0.0.1, and
+each case (:mod:`benchmarks.cases`) runs in a fresh process of its own. After each case the
+*destination* is read back (Parquet file, DuckDB table, PostgreSQL table) and its row count and rows
+per status are compared with the generator's manifest: a case that loses or invents rows fails the
+run instead of posting a fast time. Destinations are then removed, so a full run needs little disk.
+
+Throughput is uncompressed CSV bytes (and data rows) per second of wall-clock time from the first
+HTTP request to the commit. Peak memory is the case process's ``ru_maxrss``, which includes what the
+interpreter and the imports cost (reported separately as "RSS after setup").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cases import PG_CONN_ID, RAW_TABLE, RESULTS_TABLE, ZOHO_CONN_ID, CaseConfig, CaseResult
+from benchmarks.generate import DEFAULT_ROWS, ResultManifest, ensure_result_zip
+
+__all__ = ["CASE_ORDER", "Measurement", "OutputMismatchError", "render_markdown", "run_benchmark"]
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
+#: Everything from this line on in results.md is hand-written analysis, kept across runs.
+ANALYSIS_MARKER = "<!-- analysis: everything below is kept when run.py rewrites this file -->"
+CASE_ORDER = ("ceiling", "ours_parquet", "ours_duckdb", "naive_pandas", "raw_copy", "ours_postgres")
+CASE_LABELS = {
+    "ceiling": "ceiling: hook download + stream-unzip + pyarrow CSV, into nothing",
+    "ours_parquet": "ours -> Parquet (ObjectStorageSink, local file)",
+    "ours_duckdb": "ours -> DuckDB (DuckDBSink)",
+    "ours_postgres": "ours -> PostgreSQL (SqlSink, Airflow connection)",
+    "naive_pandas": "naive: requests .content + zipfile + pandas.read_csv + to_parquet",
+    "raw_copy": "raw COPY: CSV bytes from stream-unzip into PostgreSQL COPY",
+}
+PACKAGES = ("apache-airflow", "pyarrow", "duckdb", "psycopg", "pandas", "stream-unzip", "smart-open", "requests")
+MEMORY_TARGET_MB = 250
+TARGETS = (  # (ours, reference, minimum ratio of throughputs)
+    ("ours_parquet", "ceiling", 0.7),
+    ("ours_postgres", "raw_copy", 0.8),
+)
+
+
+class OutputMismatchError(Exception):
+    """A case's destination does not hold what the generated input holds: the run is invalid."""
+
+
+@dataclass
+class Measurement:
+    """One case's best run, checked against the input."""
+
+    case: str
+    seconds: float
+    cpu_seconds: float
+    rss_after_setup_bytes: int
+    peak_rss_bytes: int
+    rows: int
+    csv_bytes: int
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.csv_bytes / 1e6 / self.seconds
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.peak_rss_bytes / 2**20
+
+
+# --- checking destinations -------------------------------------------------------------------------
+
+
+def parquet_status_counts(path: Path, column: str) -> tuple[int, dict[str, int]]:
+    """Rows and rows per value of ``column`` in a Parquet file, read batch by batch."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts: Counter[str] = Counter()
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(columns=[column]):
+        for entry in pc.value_counts(batch.column(0)).to_pylist():
+            counts[entry["values"] or "(missing)"] += entry["counts"]
+    return parquet.metadata.num_rows, dict(counts)
+
+
+def postgres_status_counts(dsn: str, table: str, status_column: str) -> tuple[int, dict[str, int]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        found = dict(connection.execute(f"SELECT {status_column}, count(*) FROM {table} GROUP BY 1").fetchall())
+    return sum(found.values()), {str(k): int(v) for k, v in found.items()}
+
+
+def duckdb_status_counts(database: Path) -> tuple[int, dict[str, int]]:
+    import duckdb
+
+    with duckdb.connect(str(database), read_only=True) as connection:
+        found = dict(connection.execute(f"SELECT status, count(*) FROM {RESULTS_TABLE} GROUP BY 1").fetchall())
+    return sum(found.values()), {str(k): int(v) for k, v in found.items()}
+
+
+def local_path(location: str) -> Path:
+    return Path(location.removeprefix("file://"))
+
+
+def check_destination(result: CaseResult, manifest: ResultManifest, work_dir: Path, pg_dsn: str) -> None:
+    """Read the case's destination back and compare rows and rows per status with the manifest."""
+    output = result.output
+    case = result.case
+    if case == "ceiling":
+        rows, by_status = output.rows, output.by_status
+    elif case in ("ours_parquet", "naive_pandas"):
+        if len(output.destination) != 1:
+            raise OutputMismatchError(f"{case}: expected one Parquet file, got {output.destination}")
+        rows, by_status = parquet_status_counts(local_path(output.destination[0]),
+                                                "status" if case == "ours_parquet" else "STATUS")
+    elif case == "ours_duckdb":
+        rows, by_status = duckdb_status_counts(work_dir / "ours.duckdb")
+    elif case == "ours_postgres":
+        rows, by_status = postgres_status_counts(pg_dsn, RESULTS_TABLE, "status")
+    elif case == "raw_copy":
+        rows, by_status = postgres_status_counts(pg_dsn, RAW_TABLE, "status")
+    else:
+        raise ValueError(f"unknown case {case!r}")
+    problems = []
+    if rows != manifest.rows or output.rows != manifest.rows:
+        problems.append(f"{rows} rows at the destination, {output.rows} reported, {manifest.rows} generated")
+    if by_status != manifest.by_status:
+        problems.append(f"rows per status {by_status} instead of {manifest.by_status}")
+    if output.errors_by_code is not None and output.errors_by_code != manifest.errors_by_code:
+        problems.append(f"errors per code {output.errors_by_code} instead of {manifest.errors_by_code}")
+    if problems:
+        raise OutputMismatchError(f"{case}: " + "; ".join(problems))
+
+
+def clear_destination(case: str, work_dir: Path, pg_dsn: str) -> None:
+    """Remove what a case wrote, so the next repetition starts alike and disk use stays small."""
+    for name in ("ours", "ours.duckdb", "ours.duckdb.wal", "naive.parquet"):
+        path = work_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if case in ("ours_postgres", "raw_copy"):
+        import psycopg
+
+        with psycopg.connect(pg_dsn, autocommit=True) as connection:
+            connection.execute(f"DROP TABLE IF EXISTS {RESULTS_TABLE if case == 'ours_postgres' else RAW_TABLE}")
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def run_case_process(config: CaseConfig, env: dict[str, str], work_dir: Path) -> CaseResult:
+    """Run one case in a fresh interpreter; its stderr is shown when it fails."""
+    config_path = work_dir / f"{config.case}.config.json"
+    result_path = work_dir / f"{config.case}.result.json"
+    result_path.unlink(missing_ok=True)
+    config.save(config_path)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.cases", str(config_path), str(result_path)],
+            cwd=REPO, env=env, capture_output=True, text=True, check=False,
+        )
+    finally:
+        config_path.unlink(missing_ok=True)  # it holds an access token
+    if completed.returncode != 0 or not result_path.exists():
+        raise RuntimeError(f"case {config.case} failed with exit code {completed.returncode}:\n"
+                           f"{completed.stderr[-6000:]}")
+    return CaseResult.load(result_path)
+
+
+def run_benchmark(
+    *,
+    zip_path: Path,
+    manifest: ResultManifest,
+    download_url: str,
+    job_id: str,
+    access_token: str,
+    pg_dsn: str,
+    env: dict[str, str],
+    work_dir: Path,
+    cases: Sequence[str] = CASE_ORDER,
+    repeat: int = 1,
+    profile_dir: Path | None = None,
+    log: Any = print,
+) -> list[Measurement]:
+    """Run ``cases`` (each ``repeat`` times, in fresh processes); keep each one's fastest run.
+
+    ``env`` is the complete environment of the case processes: it must hold the Zoho connection
+    (``AIRFLOW_CONN_ZOHO_CRM_DEFAULT``), the PostgreSQL one (``AIRFLOW_CONN_BENCH_POSTGRES``), the
+    token cache directory and an ``AIRFLOW_HOME``. Raises :class:`OutputMismatchError` when a
+    destination does not match the manifest.
+    """
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
+    measurements = []
+    for case in cases:
+        best: Measurement | None = None
+        peak = 0
+        for attempt in range(repeat):
+            config = CaseConfig(
+                case=case, download_url=download_url, job_id=job_id, work_dir=str(work_dir),
+                access_token=access_token if case == "naive_pandas" else "",
+                pg_dsn=pg_dsn,
+                profile_path=str(profile_dir / f"{case}.prof") if profile_dir else "",
+            )
+            clear_destination(case, work_dir, pg_dsn)
+            result = run_case_process(config, env, work_dir)
+            check_destination(result, manifest, work_dir, pg_dsn)
+            clear_destination(case, work_dir, pg_dsn)
+            peak = max(peak, result.peak_rss_bytes)
+            measurement = Measurement(
+                case=case, seconds=result.seconds, cpu_seconds=result.cpu_seconds,
+                rss_after_setup_bytes=result.rss_after_setup_bytes, peak_rss_bytes=peak,
+                rows=manifest.rows, csv_bytes=manifest.csv_bytes,
+            )
+            log(f"{case} #{attempt + 1}: {measurement.seconds:.1f} s, {measurement.mb_per_second:.1f} MB/s, "
+                f"peak {result.peak_rss_bytes / 2**20:.0f} MB")
+            if best is None or measurement.seconds < best.seconds:
+                best = measurement
+            best.peak_rss_bytes = peak
+        assert best is not None
+        measurements.append(best)
+    return measurements
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+
+def machine_description(pg_version: str | None) -> list[str]:
+    """CPU, cores, memory, OS, Python and library versions, as markdown list items."""
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    lines = [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores; RAM {memory}",
+        f"- OS: {platform.platform()}",
+        f"- Python {platform.python_version()}; " + ", ".join(versions),
+    ]
+    if pg_version:
+        lines.append(f"- PostgreSQL {pg_version} (throwaway cluster on 127.0.0.1, fsync off)")
+    return lines
+
+
+def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifest, *, machine: Sequence[str],
+                    repeat: int) -> str:
+    """The results table, the target ratios and the machine, as markdown."""
+    by_case = {m.case: m for m in measurements}
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {today} with `python -m benchmarks.run --rows {manifest.rows}` "
+        f"(best of {repeat} per case; every case's destination checked against the input).",
+        "",
+        f"Input: one Bulk Write result zip, {manifest.rows:,} rows, {manifest.csv_bytes / 1e6:,.1f} MB of CSV "
+        f"deflated to {manifest.zip_bytes / 1e6:,.1f} MB, served by the sandbox over HTTP on 127.0.0.1.",
+        "",
+        "| case | seconds | CSV MB/s | rows/s | peak RSS MB | RSS after setup MB | CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        lines.append(
+            f"| {CASE_LABELS[m.case]} | {m.seconds:.1f} | {m.mb_per_second:.1f} | {m.rows_per_second:,.0f} | "
+            f"{m.peak_rss_mb:,.0f} | {m.rss_after_setup_bytes / 2**20:,.0f} | {m.cpu_seconds:.1f} |"
+        )
+    lines += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
+    for ours, reference, minimum in TARGETS:
+        if ours in by_case and reference in by_case:
+            ratio = by_case[ours].mb_per_second / by_case[reference].mb_per_second
+            lines.append(f"| {ours} / {reference} throughput | {ratio:.2f}x | >= {minimum}x | "
+                         f"{'yes' if ratio >= minimum else 'NO'} |")
+    for m in measurements:
+        if m.case.startswith("ours_"):
+            met = "yes" if m.peak_rss_mb < MEMORY_TARGET_MB else "NO"
+            lines.append(f"| {m.case} peak memory | {m.peak_rss_mb:,.0f} MB | < {MEMORY_TARGET_MB} MB | {met} |")
+    if "ours_parquet" in by_case and "naive_pandas" in by_case:
+        ours, naive = by_case["ours_parquet"], by_case["naive_pandas"]
+        lines.append(f"| ours_parquet vs naive_pandas: speed | {naive.seconds / ours.seconds:.1f}x faster | | |")
+        lines.append(f"| ours_parquet vs naive_pandas: peak memory | {naive.peak_rss_mb / ours.peak_rss_mb:.1f}x "
+                     "less | | |")
+    lines += ["", "Machine:", "", *machine, ""]
+    return "\n".join(lines)
+
+
+def write_results(markdown: str, path: Path = RESULTS_PATH) -> None:
+    """Replace the measured part of ``path``, keeping the hand-written analysis after the marker."""
+    analysis = ""
+    if path.exists():
+        text = path.read_text()
+        if ANALYSIS_MARKER in text:
+            analysis = text[text.index(ANALYSIS_MARKER):]
+    path.write_text(markdown + ("\n" + analysis if analysis else "\n" + ANALYSIS_MARKER + "\n"))
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_from_sandbox(zip_path: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """Start the Zoho sandbox serving ``zip_path`` as a finished job; yields (job id, download URL).
+
+    Adds the sandbox's Airflow connection to ``env``.
+    """
+    from airflow_provider_zohobulk.sandbox import ZohoSandbox
+
+    with ZohoSandbox() as sandbox:
+        job_id = sandbox.create_job_from_zip(zip_path)
+        env.update(sandbox.airflow_connection_env())
+        os.environ.update(sandbox.airflow_connection_env())
+        from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+        job = ZohoCrmHook(ZOHO_CONN_ID).get_bulk_write_job(job_id)
+        yield job_id, job["result"]["download_url"]
+
+
+def mint_access_token() -> str:
+    """Mint (and cache, for the case processes) the token once, so no case pays for it."""
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+    return ZohoCrmHook(ZOHO_CONN_ID).get_access_token()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"data rows (default {DEFAULT_ROWS:,})")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
+    parser.add_argument("--cases", default=",".join(CASE_ORDER), help="comma-separated subset of " +
+                        ", ".join(CASE_ORDER))
+    parser.add_argument("--profile", action="store_true",
+                        help="run each case under cProfile; prints the top functions (slower, for diagnosis)")
+    parser.add_argument("--no-write", action="store_true", help="print the table but leave results.md alone")
+    args = parser.parse_args(argv)
+    cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    unknown = set(cases) - set(CASE_ORDER)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+
+    zip_path, manifest = ensure_result_zip(args.rows)
+    print(f"input: {zip_path} ({manifest.csv_bytes / 1e6:,.1f} MB of CSV, {manifest.rows:,} rows)")
+    with tempfile.TemporaryDirectory(prefix="zohobulk-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        work_dir = scratch_dir / "work"
+        work_dir.mkdir()
+        profile_dir = scratch_dir / "profiles" if args.profile else None
+        if profile_dir:
+            profile_dir.mkdir()
+        own_env = {
+            "AIRFLOW_HOME": str(scratch_dir / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "ZOHOBULK_TOKEN_CACHE_DIR": str(scratch_dir / "tokens"),
+        }
+        os.environ.update(own_env)  # before anything imports Airflow
+        env = {**os.environ}
+        from benchmarks.postgres import throwaway_postgres
+
+        with throwaway_postgres() as postgres, serve_from_sandbox(zip_path, env) as (job_id, url):
+            env.update(postgres.airflow_conn_env(PG_CONN_ID))
+            with postgres.connect() as connection:
+                pg_version = connection.execute("SHOW server_version").fetchone()[0]
+            measurements = run_benchmark(
+                zip_path=zip_path, manifest=manifest, download_url=url, job_id=job_id,
+                access_token=mint_access_token(), pg_dsn=postgres.dsn, env=env, work_dir=work_dir,
+                cases=cases, repeat=args.repeat, profile_dir=profile_dir,
+            )
+        markdown = render_markdown(measurements, manifest, machine=machine_description(pg_version),
+                                   repeat=args.repeat)
+        print(markdown)
+        if profile_dir:
+            print_profiles(profile_dir)
+    if not args.no_write:
+        write_results(markdown)
+        print(f"written to {RESULTS_PATH}")
+
+
+def print_profiles(profile_dir: Path, top: int = 25) -> None:
+    """The functions with the most own time in each profiled case."""
+    import pstats
+
+    for path in sorted(profile_dir.glob("*.prof")):
+        print(f"\n## profile of {path.stem} (sorted by own time)\n")
+        pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+
+if __name__ == "__main__":
+    main()
