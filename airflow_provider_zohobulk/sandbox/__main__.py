@@ -1,0 +1,53 @@
+"""``python -m airflow_provider_zohobulk.sandbox``: run the sandbox in the foreground.
+
+Prints ``ZOHO_SANDBOX_URL=...`` (and with ``--seed-job`` ``ZOHO_SANDBOX_JOB_ID=...``) on stdout,
+flushed at once, so a script can start it in the background and parse those lines; request logs go
+to stderr, one line each, without tokens or secrets (paths only, never query strings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from airflow_provider_zohobulk.sandbox.results import sample_leads_csv
+from airflow_provider_zohobulk.sandbox.server import ZohoSandbox
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_provider_zohobulk.sandbox",
+                                     description="A local Zoho CRM Bulk Write emulator.")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback only")
+    parser.add_argument("--seed-job", action="store_true",
+                        help="create a completed job from ~1000 generated Leads with some failing rows")
+    parser.add_argument("--seed-rows", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--job-step-seconds", type=float, default=0.0,
+                        help="sandbox seconds per job step ADDED -> IN PROGRESS -> COMPLETED")
+    parser.add_argument("--state-file", help="keep jobs, uploads and tokens in this JSON file across restarts")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    sandbox = ZohoSandbox(args.host, args.port, job_step_seconds=args.job_step_seconds, state_file=args.state_file)
+    sandbox.start()
+    print(f"ZOHO_SANDBOX_URL={sandbox.url}", flush=True)
+    if args.seed_job:
+        job_id = sandbox.create_job_from_csv(sample_leads_csv(args.seed_rows))
+        print(f"ZOHO_SANDBOX_JOB_ID={job_id}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=sandbox.stop, daemon=True).start()  # shutdown() must not run on the serving thread
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        sandbox.serve_forever()
+    except KeyboardInterrupt:
+        sandbox.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""How the sandbox turns an uploaded CSV into a Bulk Write result, the way Zoho documents it.
+
+Kept apart from the HTTP server because it is pure data work: parse the upload (any of Zoho's
+delimiters, a BOM, quoted commas and newlines), decide per row whether Zoho would add, update or skip
+it, and write the result CSV with the csv module so quoting round-trips exactly. Failures are a mix
+of *earned* ones (an empty mandatory column, a repeated e-mail) and a few *seeded* ones (random per
+job id, so a given job always fails the same rows), which gives clients realistic ERRORS values,
+including several codes in one cell, without any real CRM behind it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from airflow_provider_zohobulk.errors import ZohoConfigurationError
+
+RESULT_COLUMNS = ("RECORD_ID", "STATUS", "ERRORS")
+UPLOAD_DELIMITERS = (",", ";", ":", "|")
+
+#: Columns Zoho refuses to leave empty, per module; other modules use their first mapped column.
+MANDATORY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "Leads": ("Company", "Last_Name"),
+    "Contacts": ("Last_Name",),
+    "Accounts": ("Account_Name",),
+    "Deals": ("Deal_Name", "Stage"),
+}
+
+#: Share of otherwise valid rows that the sandbox fails with INVALID_DATA, seeded by the job id.
+SEEDED_INVALID_SHARE = 0.02
+
+
+@dataclass
+class UploadedCsv:
+    """One CSV file as the sandbox read it from an uploaded zip."""
+
+    name: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class ResultFile:
+    """A generated result member and the counts the job details must report for it."""
+
+    member_name: str
+    csv_bytes: bytes
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def read_uploaded_zip(zip_bytes: bytes) -> UploadedCsv:
+    """The single CSV inside an uploaded zip; :class:`ZohoConfigurationError` when it is not one.
+
+    The server answers that error as Zoho's ``INVALID_FILE_FORMAT``; the Python API lets it propagate.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            if not members:
+                raise ZohoConfigurationError("the uploaded zip holds no file")
+            csv_members = [info for info in members if info.filename.lower().endswith(".csv")] or members
+            info = csv_members[0]
+            data = archive.read(info)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ZohoConfigurationError(f"the uploaded file is not a zip: {exc}") from None
+    name = info.filename.rsplit("/", 1)[-1]
+    return parse_csv(data, name)
+
+
+def parse_csv(data: bytes, name: str) -> UploadedCsv:
+    """Parse an upload: UTF-8 (BOM tolerated), delimiter guessed from the header among Zoho's four."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ZohoConfigurationError(f"{name} is not UTF-8: {exc}") from None
+    first_line = text.split("\n", 1)[0]
+    delimiter = max(UPLOAD_DELIMITERS, key=first_line.count)
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        raise ZohoConfigurationError(f"{name} is not a readable CSV: {exc}") from None
+    if not records or not any(records[0]):
+        raise ZohoConfigurationError(f"{name} has no header row")
+    header, rows = records[0], [row for row in records[1:] if row]
+    return UploadedCsv(name=name, header=header, rows=rows)
+
+
+@dataclass
+class ResultPlan:
+    """What one resource of a job asks for, resolved against its uploaded CSV."""
+
+    module: str
+    operation: str
+    upload: UploadedCsv
+    mapped_indexes: list[int]
+    api_names: list[str]
+    find_by: str | None
+
+
+def resolve_mappings(upload: UploadedCsv, field_mappings: Sequence[dict] | None) -> tuple[list[int], list[str]]:
+    """Column indexes and their API names: from ``field_mappings`` when given, else by header."""
+    if not field_mappings:
+        return list(range(len(upload.header))), list(upload.header)
+    indexes, names = [], []
+    for mapping in field_mappings:
+        index = mapping.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(upload.header):
+            raise ZohoConfigurationError(
+                f"field mapping {mapping.get('api_name')!r} points at column index {index!r}, but {upload.name} "
+                f"has {len(upload.header)} columns")
+        indexes.append(index)
+        names.append(str(mapping.get("api_name") or upload.header[index]))
+    return indexes, names
+
+
+def build_result(
+    plan: ResultPlan,
+    job_id: str,
+    *,
+    new_record_id: Callable[[], str],
+    find_record: Callable[[str, str, str], str | None],
+    remember_record: Callable[[str, str, str, str], None],
+) -> ResultFile:
+    """The result CSV for one resource, with counts that match it row for row.
+
+    ``find_record(module, api_name, value)`` and ``remember_record(module, api_name, value, id)``
+    connect jobs: a later update/upsert finds the records an earlier insert created.
+    """
+    upload = plan.upload
+    header = upload.header
+    shown = plan.mapped_indexes[:3]
+    api_by_index = dict(zip(plan.mapped_indexes, plan.api_names, strict=True))
+    mandatory = [c for c in MANDATORY_COLUMNS.get(plan.module, ()) if c in header] or [header[shown[0]]]
+    mandatory_indexes = [header.index(c) for c in mandatory]
+    email_index = next((i for i, h in enumerate(header) if "email" in h.lower()), None)
+    find_by_index = _column_for(plan.find_by, api_by_index, header) if plan.find_by else None
+    other_indexes = [i for i in plan.mapped_indexes if i not in mandatory_indexes] or plan.mapped_indexes
+    rng = random.Random(f"zoho-sandbox-{job_id}-{plan.module}-{upload.name}")
+    seen_emails: set[str] = set()
+    counts = {"added_count": 0, "skipped_count": 0, "updated_count": 0, "total_count": 0}
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([header[i] for i in shown] + list(RESULT_COLUMNS))
+    for row in upload.rows:
+        row = row + [""] * (len(header) - len(row))
+        errors: list[str] = []
+        empty = [header[i] for i in mandatory_indexes if not row[i].strip()]
+        if empty:
+            errors.append("MANDATORY_NOT_FOUND-" + ",".join(sorted(empty)))
+        if email_index is not None and row[email_index].strip():
+            email = row[email_index].strip().lower()
+            if email in seen_emails:
+                errors.append(f"DUPLICATE_DATA-{header[email_index]}")
+            seen_emails.add(email)
+        if rng.random() < SEEDED_INVALID_SHARE:
+            errors.append(f"INVALID_DATA-{header[rng.choice(other_indexes)]}")
+
+        record_id = ""
+        status = "SKIPPED"
+        if not errors:
+            existing = None
+            if find_by_index is not None and row[find_by_index].strip():
+                existing = find_record(plan.module, plan.find_by or "", row[find_by_index].strip())
+            if plan.operation in ("update", "upsert") and existing:
+                record_id, status = existing, "UPDATED"
+            elif plan.operation == "update":
+                errors.append(f"RESOURCE_NOT_FOUND-{header[find_by_index] if find_by_index is not None else ''}")
+            else:
+                record_id, status = new_record_id(), "ADDED"
+                for index in plan.mapped_indexes:
+                    if row[index].strip():
+                        remember_record(plan.module, api_by_index[index], row[index].strip(), record_id)
+        counts["total_count"] += 1
+        counts[{"ADDED": "added_count", "UPDATED": "updated_count"}.get(status, "skipped_count")] += 1
+        writer.writerow([row[i] for i in shown] + [record_id, status, ":".join(errors)])
+    return ResultFile(f"{plan.module}-{upload.name}", out.getvalue().encode("utf-8"), counts)
+
+
+def _column_for(api_name: str, api_by_index: dict[int, str], header: list[str]) -> int | None:
+    for index, name in api_by_index.items():
+        if name == api_name:
+            return index
+    return header.index(api_name) if api_name in header else None
+
+
+def zip_members(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A deflated zip, as Zoho serves its results."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def sample_leads_csv(rows: int = 1000, *, seed: int = 0) -> bytes:
+    """Leads as a person would upload them, with the flaws that make Zoho skip rows.
+
+    Some rows lack Last_Name or Company, some repeat an e-mail (and a few do both, which yields
+    multi-code ERRORS), and some values need quoting: commas, double quotes, line breaks, non-ASCII.
+    """
+    rng = random.Random(seed)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["Last_Name", "Email", "Company", "First_Name", "Phone", "Lead_Source"])
+    companies = ["Acme, Inc.", "Zürich Consulting", 'The "Best" Co', "Northwind\nTraders", "Globex", "Initech"]
+    sources = ["Web", "Cold Call", "Trade Show", "Partner"]
+    for i in range(rows):
+        last = "" if i % 37 == 5 else f"Lead {i}"
+        company = "" if i % 53 == 7 else rng.choice(companies)
+        email = f"lead{i - 11}@example.com" if i % 41 == 11 and i >= 11 else f"lead{i}@example.com"
+        if i % 97 == 50:  # both mandatory columns empty and a duplicate e-mail: a multi-code ERRORS value
+            last, company, email = "", "", "lead0@example.com"
+        writer.writerow([last, email, company, f"First {i}", f"+1-555-{i % 10000:04d}", rng.choice(sources)])
+    return out.getvalue().encode("utf-8")

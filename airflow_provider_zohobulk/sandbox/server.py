@@ -1,0 +1,1115 @@
+"""The Zoho sandbox: one local HTTP server playing Zoho Accounts, the CRM Bulk Write API and the download host.
+
+Why an emulator at all: no live Zoho is reachable from where this project is built and tested, and
+the behaviours that break real clients (HTTP-200 token errors, the 10-per-10-minutes token throttle,
+the 15-live-token eviction, expiring links, bodies cut short or corrupted) are exactly the ones a
+real account cannot produce on demand. Everything here follows ``reference/zoho-bulk-api.md``.
+
+Design:
+
+* :class:`ZohoSandbox` is the single owner of state (clients, tokens, uploads, jobs, faults, the
+  sandbox clock) and also runs the server; the request handler only parses HTTP and calls into it.
+* The sandbox has its own clock (real time plus an offset moved by :meth:`ZohoSandbox.advance_clock`)
+  so token expiry, job progress and link expiry can be tested without waiting.
+* Every public method is also reachable as ``POST /_sandbox/<method>`` (JSON), which is how
+  :class:`~airflow_provider_zohobulk.sandbox.client.SandboxClient` drives a sandbox in another process.
+  Admin calls are neither recorded in :meth:`ZohoSandbox.stats` nor subject to faults.
+* Standard library only, no Airflow import: tests, benchmarks, the demo and users' CI all start it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from airflow_provider_zohobulk.errors import ZohoConfigurationError
+from airflow_provider_zohobulk.sandbox import results
+
+if TYPE_CHECKING:
+    from airflow_provider_zohobulk.sandbox.client import SandboxClient
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+SCOPE = "ZohoCRM.bulk.ALL ZohoCRM.modules.ALL ZohoFiles.files.ALL"
+THROTTLE_BODY = {
+    "error_description": "You have made too many requests continuously. Please try again after some time.",
+    "error": "Access Denied",
+    "status": "failure",
+}
+INVALID_TOKEN_BODY = {"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"}
+EXPIRED_LINK_BODY = {"info": "Forbidden", "x-info": "Link not valid"}
+_DEFAULT_FAULT_BODIES: dict[int, dict[str, Any]] = {
+    400: {"code": "INVALID_REQUEST", "details": {}, "message": "invalid request", "status": "error"},
+    401: INVALID_TOKEN_BODY,
+    404: {"code": "RESOURCE_NOT_FOUND", "details": {}, "message": "the requested resource is not found",
+          "status": "error"},
+    429: {"code": "TOO_MANY_REQUESTS", "details": {}, "message": "too many requests", "status": "error"},
+    500: {"code": "INTERNAL_ERROR", "details": {}, "message": "internal server error", "status": "error"},
+}
+
+TOKEN_RESPONSE_STYLES = ("expires_in", "expires_in_sec", "both", "none")
+IN_PROGRESS_SPELLINGS = ("IN PROGRESS", "INPROGRESS")
+
+# Which endpoints a fault kind can hit. Faults that change the result file only ever hit downloads, so
+# ``add_fault("drop_mid_body")`` followed by "get job details, then download" breaks the download.
+_ANY_ENDPOINT = frozenset({"token", "upload", "create", "details", "download"})
+FAULT_ENDPOINTS: dict[str, frozenset[str]] = {
+    "status": _ANY_ENDPOINT,
+    "reset_connection": _ANY_ENDPOINT,
+    "redirect": _ANY_ENDPOINT,
+    "token_error": frozenset({"token"}),
+    "drop_mid_body": frozenset({"download"}),
+    "slow_body": frozenset({"download"}),
+    "corrupt_zip": frozenset({"download"}),
+    "truncate_zip": frozenset({"download"}),
+    "expired_link": frozenset({"download"}),
+    "error_body": frozenset({"download"}),
+}
+
+_WRITE_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/?$")
+_JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/([^/]+)/?$")
+_UPLOAD_PATH = re.compile(r"^/crm/v([2-8])/upload/?$")
+_DOWNLOAD_PATH = re.compile(r"^/v2/crm/([^/]+)/bulk-write/([^/]+)/([^/]+)\.zip$")
+
+
+@dataclass
+class SandboxOptions:
+    """Behaviour switches, set at construction or later with :meth:`ZohoSandbox.configure`."""
+
+    job_step_seconds: float = 0.0  # sandbox seconds per step ADDED -> IN PROGRESS -> COMPLETED
+    token_limit: int = 10  # mints per refresh token per window before "Access Denied"
+    token_window_seconds: float = 600.0
+    token_ttl_seconds: float = 3600.0
+    max_live_tokens: int = 15  # per refresh token; minting more invalidates the oldest
+    token_response_style: str = "expires_in"  # expires_in | expires_in_sec | both | none
+    token_error_status: int = 200  # Zoho answers token errors with 200, sometimes 400
+    in_progress_spelling: str = "IN PROGRESS"
+    download_base_url: str | None = None  # defaults to the sandbox URL
+    link_ttl_seconds: float = 7 * 24 * 3600.0
+    expired_link_status: int = 400
+    upload_limit_bytes: int = 25 * 1024 * 1024
+    org_id: str = "sandbox-org"
+
+    def validate(self) -> None:
+        if self.token_response_style not in TOKEN_RESPONSE_STYLES:
+            raise ZohoConfigurationError(
+                f"sandbox token_response_style must be one of {TOKEN_RESPONSE_STYLES}, "
+                f"not {self.token_response_style!r}")
+        if self.in_progress_spelling not in IN_PROGRESS_SPELLINGS:
+            raise ZohoConfigurationError(
+                f"sandbox in_progress_spelling must be one of {IN_PROGRESS_SPELLINGS}, "
+                f"not {self.in_progress_spelling!r}")
+
+
+@dataclass
+class _Fault:
+    kind: str
+    count: int
+    path_prefix: str | None
+    params: dict[str, Any]
+
+
+@dataclass
+class _Resource:
+    module: str
+    module_as_string: bool  # v2 sends the module as a plain string; details echo what was sent
+    file_name: str
+    field_mappings: list[dict[str, Any]]
+    find_by: str | None
+    counts: dict[str, int] | None
+
+
+@dataclass
+class _Job:
+    job_id: str
+    operation: str
+    created_at: float  # sandbox clock
+    step_seconds: float
+    resources: list[_Resource]
+    fixed_status: str | None = None  # jobs handed in with create_job_from_zip do not progress
+    result_bytes: bytes | None = None
+    result_path: str | None = None
+    character_encoding: str = "UTF-8"
+    ignore_empty: bool = False
+    callback: dict[str, Any] | None = None
+    created_by: dict[str, str] = field(default_factory=dict)
+
+    def status_at(self, now: float) -> str:
+        """ADDED, then IN PROGRESS, then COMPLETED, one step every ``step_seconds`` of sandbox time."""
+        if self.fixed_status:
+            return self.fixed_status
+        if self.step_seconds <= 0:
+            return "COMPLETED"
+        elapsed = now - self.created_at
+        if elapsed < self.step_seconds:
+            return "ADDED"
+        return "IN PROGRESS" if elapsed < 2 * self.step_seconds else "COMPLETED"
+
+    def completed_at(self) -> float:
+        return self.created_at + (0 if self.fixed_status else 2 * max(self.step_seconds, 0))
+
+
+class ZohoSandbox:
+    """A local Zoho (accounts + CRM Bulk Write + downloads) with faults on demand.
+
+    Use as a context manager or with :meth:`start`/:meth:`stop`; :meth:`attach` gives a client for a
+    sandbox already running in another process.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        client_id: str = "sandbox-client-id",
+        client_secret: str = "sandbox-client-secret",
+        refresh_token: str = "sandbox-refresh-token",
+        job_step_seconds: float = 0.0,
+        token_limit: int = 10,
+        token_window_seconds: float = 600,
+        state_file: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> None:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ZohoConfigurationError(f"the sandbox binds loopback addresses only, not {host!r}")
+        self._host = host
+        self._requested_port = port
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._state_file: Path | None = None  # set after start-up, so setting up never overwrites a saved state
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.refresh_token = refresh_token
+        self.options = SandboxOptions(job_step_seconds=job_step_seconds, token_limit=token_limit,
+                                      token_window_seconds=token_window_seconds)
+        self._clients: dict[str, str] = {}
+        self._refresh_tokens: dict[str, str] = {}  # refresh token -> client id
+        self._revoked: set[str] = set()
+        self._access_tokens: dict[str, tuple[str, float]] = {}  # token -> (refresh token, expires at)
+        self._live: dict[str, list[str]] = {}  # refresh token -> its live access tokens, oldest first
+        self._clock_offset = 0.0
+        self._reset_volatile()
+        self.add_client(client_id, client_secret, refresh_token)
+        if options:
+            self.configure(**options)
+        self.options.validate()
+        if state_file:
+            self._state_file = Path(state_file)
+            if self._state_file.exists():
+                self._load_state()
+            self._save_state()
+
+    def _reset_volatile(self) -> None:
+        self._uploads: dict[str, bytes] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._records: dict[tuple[str, str, str], str] = {}
+        self._faults: list[_Fault] = []
+        self._requests: list[dict[str, Any]] = []
+        self._tokens_minted = 0
+        self._throttle: dict[str, tuple[float, int]] = {}  # refresh token -> (window start, mints)
+        self._clock_offset = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, url: str) -> SandboxClient:
+        """A client for a sandbox running elsewhere (``python -m airflow_provider_zohobulk.sandbox``)."""
+        from airflow_provider_zohobulk.sandbox.client import SandboxClient
+
+        return SandboxClient(url)
+
+    def start(self) -> ZohoSandbox:
+        if self._server is not None:
+            return self
+        server = ThreadingHTTPServer((self._host, self._requested_port), _Handler)
+        server.daemon_threads = True
+        server.sandbox = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="zoho-sandbox", daemon=True)
+        self._thread.start()
+        log.info("Zoho sandbox listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`stop` is called from another thread or a signal handler."""
+        self.start()
+        assert self._thread is not None
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+
+    def __enter__(self) -> ZohoSandbox:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ZohoConfigurationError("the sandbox is not started: call start() or use it as a context manager")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    def now(self) -> float:
+        """The sandbox clock: real time plus whatever :meth:`advance_clock` added."""
+        return time.time() + self._clock_offset
+
+    # --- connection helpers -------------------------------------------------------------------------
+
+    def connection_extra(self) -> dict[str, Any]:
+        return {"refresh_token": self.refresh_token, "data_center": "us", "accounts_url": self.url,
+                "api_domain": self.url, "org_id": self.options.org_id}
+
+    def airflow_connection(self, conn_type: str = "zoho_crm") -> dict[str, Any]:
+        """The Airflow connection (JSON form) that points the provider at this sandbox."""
+        return {"conn_type": conn_type, "login": self.client_id, "password": self.client_secret,
+                "extra": self.connection_extra()}
+
+    def airflow_connection_env(self, conn_id: str = "zoho_crm_default") -> dict[str, str]:
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(self.airflow_connection())}
+
+    # --- admin API (also served under /_sandbox/<name>) -----------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"url": self.url, "port": self.port, "options": asdict(self.options)}
+
+    def configure(self, **options: Any) -> dict[str, Any]:
+        """Change behaviour switches (see :class:`SandboxOptions`); returns all current values."""
+        known = {f.name for f in fields(SandboxOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ZohoConfigurationError(f"unknown sandbox option(s) {unknown}; known: {sorted(known)}")
+        with self._lock:
+            candidate = SandboxOptions(**{**asdict(self.options), **options})
+            candidate.validate()
+            self.options = candidate
+            self._save_state()
+            return asdict(candidate)
+
+    def add_client(self, client_id: str, client_secret: str, refresh_token: str) -> None:
+        """Register a client (or one more refresh token for a known client)."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+            self._refresh_tokens[refresh_token] = client_id
+            self._revoked.discard(refresh_token)
+            self._save_state()
+
+    def revoke_refresh_token(self, token: str) -> None:
+        """Revoke a refresh token and every access token minted from it (``invalid_code`` from now on)."""
+        with self._lock:
+            self._revoked.add(token)
+            for access in self._live.pop(token, []):
+                self._access_tokens.pop(access, None)
+            self._save_state()
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the sandbox clock forward; returns the new sandbox time (epoch seconds)."""
+        with self._lock:
+            self._clock_offset += float(seconds)
+            self._save_state()
+            return self.now()
+
+    def add_fault(self, kind: str, *, count: int = 1, path_prefix: str | None = None, **params: Any) -> None:
+        """Make the next ``count`` matching requests misbehave (see the package README for the kinds)."""
+        if kind not in FAULT_ENDPOINTS:
+            raise ZohoConfigurationError(f"unknown sandbox fault {kind!r}; known: {sorted(FAULT_ENDPOINTS)}")
+        if kind == "redirect" and not params.get("location"):
+            raise ZohoConfigurationError("the redirect fault needs a location")
+        if kind == "status" and not isinstance(params.get("status"), int):
+            raise ZohoConfigurationError("the status fault needs an integer status")
+        with self._lock:
+            self._faults.append(_Fault(kind, max(int(count), 1), path_prefix, dict(params)))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "tokens_minted": self._tokens_minted,
+                "live_tokens": sum(len(v) for v in self._live.values()),
+                "requests": [dict(r) for r in self._requests],
+                "jobs": len(self._jobs),
+                "uploads": len(self._uploads),
+                "pending_faults": [{"kind": f.kind, "count": f.count} for f in self._faults],
+            }
+
+    def reset(self) -> None:
+        """Forget jobs, uploads, faults, stats, throttling and clock offset; keep clients and live tokens.
+
+        Live tokens survive on purpose: other processes may have cached them, as they would against Zoho.
+        """
+        with self._lock:
+            self._reset_volatile()
+            self._save_state()
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    def upload_file(self, zip_bytes: bytes) -> str:
+        """Store an uploaded zip (validated to hold a readable CSV); returns its file id."""
+        results.read_uploaded_zip(zip_bytes)
+        with self._lock:
+            file_id = self._new_id()
+            self._uploads[file_id] = zip_bytes
+            self._save_state()
+            return file_id
+
+    def create_job(self, request: dict[str, Any]) -> str:
+        """Create a Bulk Write job from the JSON body Zoho takes; :class:`ZohoConfigurationError` if invalid.
+
+        The result is computed now (Zoho's counts must match the file whatever the clock says later);
+        the job merely *reports* progress as sandbox time passes.
+        """
+        operation, resources_in = _validate_job_request(request, self._uploads)
+        with self._lock:
+            job_id = self._new_id()
+            members: list[tuple[str, bytes]] = []
+            resources: list[_Resource] = []
+            for resource in resources_in:
+                module_field = resource["module"]
+                module = module_field if isinstance(module_field, str) else module_field["api_name"]
+                upload = results.read_uploaded_zip(self._uploads[str(resource["file_id"])])
+                indexes, api_names = results.resolve_mappings(upload, resource.get("field_mappings"))
+                plan = results.ResultPlan(module, operation, upload, indexes, api_names, resource.get("find_by"))
+                built = results.build_result(
+                    plan, job_id, new_record_id=self._new_id, find_record=self._find_record,
+                    remember_record=self._remember_record)
+                members.append((built.member_name, built.csv_bytes))
+                mappings = [{"api_name": name, "index": index, "format": None, "find_by": None, "module": None,
+                             "default_value": None} for index, name in zip(indexes, api_names, strict=True)]
+                resources.append(_Resource(module, isinstance(module_field, str), upload.name, mappings,
+                                           resource.get("find_by"), built.counts))
+            callback = request.get("callback") if isinstance(request.get("callback"), dict) else None
+            self._jobs[job_id] = _Job(
+                job_id, operation, self.now(), self.options.job_step_seconds, resources,
+                result_bytes=results.zip_members(members),
+                character_encoding=str(request.get("character_encoding") or "UTF-8"),
+                ignore_empty=bool(request.get("ignore_empty", False)), callback=callback,
+                created_by=self._creator())
+            self._save_state()
+            return job_id
+
+    def create_job_from_csv(
+        self,
+        csv_bytes: bytes,
+        *,
+        module: str = "Leads",
+        file_name: str = "Leads.csv",
+        operation: str = "insert",
+        find_by: str | None = None,
+        field_mappings: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Upload ``csv_bytes`` zipped and create a job for it: the HTTP path's logic, minus the HTTP."""
+        file_id = self.upload_file(results.zip_members([(file_name, csv_bytes)]))
+        resource: dict[str, Any] = {"type": "data", "module": {"api_name": module}, "file_id": file_id}
+        if find_by:
+            resource["find_by"] = find_by
+        if field_mappings:
+            resource["field_mappings"] = field_mappings
+        return self.create_job({"operation": operation, "resource": [resource]})
+
+    def create_job_from_zip(
+        self,
+        zip_bytes_or_path: bytes | str | os.PathLike[str],
+        *,
+        status: str = "COMPLETED",
+        counts: dict[str, int] | None = None,
+        module: str = "Leads",
+    ) -> str:
+        """Serve any zip (bytes, or a path streamed from disk) as the result of a job with ``status``.
+
+        The job reports ``counts`` as its file counts (none when not given: the sandbox does not read
+        the zip, so a 400 MB benchmark archive costs nothing here). It does not progress with time.
+        """
+        path: str | None = None
+        data: bytes | None = None
+        if isinstance(zip_bytes_or_path, bytes | bytearray | memoryview):
+            data = bytes(zip_bytes_or_path)
+        else:
+            path = os.fspath(zip_bytes_or_path)
+            if not os.path.isfile(path):
+                raise ZohoConfigurationError(f"create_job_from_zip: no file at {path}")
+        file_name = Path(path).name if path else "result.zip"
+        with self._lock:
+            job_id = self._new_id()
+            mappings: list[dict[str, Any]] = []
+            self._jobs[job_id] = _Job(
+                job_id, "insert", self.now(), 0.0,
+                [_Resource(module, False, file_name, mappings, None, dict(counts) if counts else None)],
+                fixed_status=status.upper(), result_bytes=data, result_path=path, created_by=self._creator())
+            self._save_state()
+            return job_id
+
+    def job_details(self, job_id: str) -> dict[str, Any] | None:
+        """Exactly what ``GET /crm/bulk/v8/write/<job_id>`` answers, or None for an unknown job."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            now = self.now()
+            status = job.status_at(now)
+            shown_status = self.options.in_progress_spelling if status == "IN PROGRESS" else status
+            resources = []
+            for resource in job.resources:
+                module: Any = resource.module if resource.module_as_string else {
+                    "id": _module_id(resource.module), "api_name": resource.module}
+                file: dict[str, Any] = {"status": shown_status, "name": resource.file_name}
+                if status == "COMPLETED" and resource.counts is not None:
+                    file.update(resource.counts)
+                entry: dict[str, Any] = {"status": shown_status, "code": shown_status, "type": "data",
+                                         "module": module, "field_mappings": resource.field_mappings,
+                                         "file": file}
+                if resource.find_by:
+                    entry["find_by"] = resource.find_by
+                if status == "FAILED":
+                    entry["code"] = "INVALID_DATA"
+                    entry["message"] = "the sandbox was told this job failed"
+                resources.append(entry)
+            details: dict[str, Any] = {
+                "status": shown_status,
+                "character_encoding": job.character_encoding,
+                "id": job.job_id,
+                "operation": job.operation,
+                "ignore_empty": job.ignore_empty,
+                "created_time": _iso(job.created_at),
+                "created_by": job.created_by,
+                "resource": resources,
+            }
+            if job.callback:
+                details["callback"] = job.callback
+            if status == "COMPLETED":
+                base = (self.options.download_base_url or self.url).rstrip("/")
+                details["result"] = {
+                    "download_url": f"{base}/v2/crm/{self.options.org_id}/bulk-write/{job_id}/{job_id}.zip"}
+            return details
+
+    # --- internals used by the handler --------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        """19 digits like Zoho's ids; random so ids from different sandbox runs do not collide."""
+        return "41508680" + f"{secrets.randbelow(10**11):011d}"
+
+    def _creator(self) -> dict[str, str]:
+        return {"id": "4150868000000225013", "name": "Sandbox User"}
+
+    def _find_record(self, module: str, api_name: str, value: str) -> str | None:
+        return self._records.get((module, api_name, value.lower()))
+
+    def _remember_record(self, module: str, api_name: str, value: str, record_id: str) -> None:
+        self._records.setdefault((module, api_name, value.lower()), record_id)
+
+    def _record_request(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._requests.append(entry)
+
+    def _take_fault(self, endpoint: str | None, path: str) -> _Fault | None:
+        if endpoint is None:
+            return None
+        with self._lock:
+            for fault in self._faults:
+                if endpoint in FAULT_ENDPOINTS[fault.kind] and path.startswith(fault.path_prefix or "/"):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _mint(self, params: dict[str, str]) -> tuple[dict[str, Any], bool]:
+        """The token endpoint's answer body and whether it is a success."""
+        with self._lock:
+            if params.get("grant_type") != "refresh_token":
+                return {"error": "unsupported_grant_type"}, False
+            client_id = params.get("client_id", "")
+            if client_id not in self._clients:
+                return {"error": "invalid_client"}, False
+            if params.get("client_secret") != self._clients[client_id]:
+                return {"error": "invalid_client_secret"}, False
+            refresh = params.get("refresh_token", "")
+            if self._refresh_tokens.get(refresh) != client_id or refresh in self._revoked:
+                return {"error": "invalid_code"}, False
+            now = self.now()
+            start, minted = self._throttle.get(refresh, (now, 0))
+            if now >= start + self.options.token_window_seconds:
+                start, minted = now, 0
+            if minted >= self.options.token_limit:
+                return dict(THROTTLE_BODY), False
+            self._throttle[refresh] = (start, minted + 1)
+            token = "1000." + secrets.token_hex(16) + "." + secrets.token_hex(16)
+            live = [t for t in self._live.get(refresh, []) if t in self._access_tokens]
+            live.append(token)
+            while len(live) > self.options.max_live_tokens:
+                self._access_tokens.pop(live.pop(0), None)
+            self._live[refresh] = live
+            self._access_tokens[token] = (refresh, now + self.options.token_ttl_seconds)
+            self._tokens_minted += 1
+            self._save_state()
+        body: dict[str, Any] = {"access_token": token, "scope": SCOPE, "api_domain": self.url, "token_type": "Bearer"}
+        style, ttl = self.options.token_response_style, int(self.options.token_ttl_seconds)
+        if style in ("expires_in", "both"):
+            body["expires_in"] = ttl
+        if style in ("expires_in_sec", "both"):
+            body["expires_in_sec"] = ttl
+        return body, True
+
+    def _token_is_valid(self, authorization: str | None) -> bool:
+        if not authorization or not authorization.startswith("Zoho-oauthtoken "):
+            return False
+        token = authorization[len("Zoho-oauthtoken "):].strip()
+        with self._lock:
+            entry = self._access_tokens.get(token)
+            return entry is not None and entry[1] > self.now() and entry[0] not in self._revoked
+
+    def _result_source(self, job_id: str) -> _ResultSource | None:
+        """The job's result file if its link is valid now, else None (Zoho's "Link not valid")."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status_at(self.now()) != "COMPLETED":
+                return None
+            if self.now() > job.completed_at() + self.options.link_ttl_seconds:
+                return None
+            return _ResultSource(job.result_bytes, job.result_path)
+
+    # --- persistence (--state-file) ------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        """Write everything but faults and stats, so a restarted sandbox keeps its jobs and tokens."""
+        if self._state_file is None:
+            return
+        with self._lock:
+            state = {
+                "options": asdict(self.options),
+                "clock_offset": self._clock_offset,
+                "clients": self._clients,
+                "refresh_tokens": self._refresh_tokens,
+                "revoked": sorted(self._revoked),
+                "access_tokens": self._access_tokens,
+                "live": self._live,
+                "throttle": self._throttle,
+                "uploads": {k: base64.b64encode(v).decode() for k, v in self._uploads.items()},
+                "records": [[*key, value] for key, value in self._records.items()],
+                "jobs": [_job_to_json(job) for job in self._jobs.values()],
+            }
+            tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self._state_file)
+
+    def _load_state(self) -> None:
+        """Restore a saved state; the saved options win over the constructor's (it is the same sandbox)."""
+        assert self._state_file is not None
+        try:
+            state = json.loads(self._state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ZohoConfigurationError(f"cannot read the sandbox state file {self._state_file}: {exc}") from None
+        self.options = SandboxOptions(**state["options"])
+        self._clock_offset = float(state["clock_offset"])
+        self._clients.update(state["clients"])
+        self._refresh_tokens.update(state["refresh_tokens"])
+        self._revoked = set(state["revoked"])
+        self._access_tokens = {k: (v[0], float(v[1])) for k, v in state["access_tokens"].items()}
+        self._live = {k: list(v) for k, v in state["live"].items()}
+        self._throttle = {k: (float(v[0]), int(v[1])) for k, v in state["throttle"].items()}
+        self._uploads = {k: base64.b64decode(v) for k, v in state["uploads"].items()}
+        self._records = {(m, a, v): r for m, a, v, r in state["records"]}
+        self._jobs = {job["job_id"]: _job_from_json(job) for job in state["jobs"]}
+
+
+def _job_to_json(job: _Job) -> dict[str, Any]:
+    data = asdict(job)
+    data["result_bytes"] = base64.b64encode(job.result_bytes).decode() if job.result_bytes is not None else None
+    return data
+
+
+def _job_from_json(data: dict[str, Any]) -> _Job:
+    data = dict(data)
+    data["resources"] = [_Resource(**r) for r in data["resources"]]
+    if data.get("result_bytes") is not None:
+        data["result_bytes"] = base64.b64decode(data["result_bytes"])
+    return _Job(**data)
+
+
+def _validate_job_request(request: Any, uploads: dict[str, bytes]) -> tuple[str, list[dict[str, Any]]]:
+    """Zoho's rules for a create-job body; raises with the offending field named."""
+    if not isinstance(request, dict):
+        raise _JobRequestError("INVALID_DATA", "body", "the body must be a JSON object")
+    operation = request.get("operation")
+    if not operation:
+        raise _JobRequestError("MANDATORY_NOT_FOUND", "operation", "required field not found")
+    if operation not in ("insert", "update", "upsert"):
+        raise _JobRequestError("INVALID_DATA", "operation", f"operation must be insert, update or upsert, "
+                                                           f"not {operation!r}")
+    resources = request.get("resource")
+    if not isinstance(resources, list) or not resources:
+        raise _JobRequestError("MANDATORY_NOT_FOUND", "resource", "required field not found")
+    for position, resource in enumerate(resources):
+        if not isinstance(resource, dict):
+            raise _JobRequestError("INVALID_DATA", f"resource[{position}]", "a resource must be an object")
+        file_id = resource.get("file_id")
+        if not file_id:
+            raise _JobRequestError("MANDATORY_NOT_FOUND", f"resource[{position}].file_id", "required field not found")
+        if str(file_id) not in uploads:
+            raise _JobRequestError("INVALID_DATA", f"resource[{position}].file_id", f"unknown file id {file_id}")
+        module = resource.get("module")
+        if not module:
+            raise _JobRequestError("MANDATORY_NOT_FOUND", f"resource[{position}].module", "required field not found")
+        if not isinstance(module, str) and not (isinstance(module, dict) and isinstance(module.get("api_name"), str)
+                                                and module["api_name"]):
+            raise _JobRequestError("INVALID_DATA", f"resource[{position}].module",
+                                   "module must be {\"api_name\": ...} or a module name")
+        if operation in ("update", "upsert") and not resource.get("find_by"):
+            raise _JobRequestError("MANDATORY_NOT_FOUND", f"resource[{position}].find_by",
+                                   f"find_by is required for {operation}")
+        mappings = resource.get("field_mappings")
+        if mappings is not None and not (isinstance(mappings, list) and all(isinstance(m, dict) for m in mappings)):
+            raise _JobRequestError("INVALID_DATA", f"resource[{position}].field_mappings",
+                                   "field_mappings must be a list of objects")
+    return operation, resources
+
+
+class _JobRequestError(ZohoConfigurationError):
+    """A create-job body Zoho would refuse; carries the Zoho code and field for the 400 answer."""
+
+    def __init__(self, code: str, api_name: str, message: str) -> None:
+        super().__init__(f"invalid Bulk Write job request: {api_name}: {message}")
+        self.code = code
+        self.api_name = api_name
+        self.zoho_message = message
+
+
+def _module_id(module: str) -> str:
+    return "41508680000000" + f"{sum(module.encode()) * 7919 % 100000:05d}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone(timedelta(hours=5, minutes=30))).isoformat(timespec="seconds")
+
+
+class _ResultSource:
+    """A result zip in memory or on disk, read in chunks with optional byte patches (for corrupt_zip)."""
+
+    def __init__(self, data: bytes | None, path: str | None) -> None:
+        self.data = data
+        self.path = path
+        self.size = len(data) if data is not None else os.path.getsize(path or "")
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset:offset + length]
+        with open(self.path or "", "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def chunks(self, limit: int, chunk_size: int, patches: dict[int, int] | None = None) -> Iterator[bytes]:
+        with contextlib.ExitStack() as stack:
+            reader = io.BytesIO(self.data) if self.data is not None else stack.enter_context(
+                open(self.path or "", "rb"))
+            offset = 0
+            while offset < limit:
+                chunk = reader.read(min(chunk_size, limit - offset))
+                if not chunk:
+                    return
+                if patches:
+                    hits = [(pos, xor) for pos, xor in patches.items() if offset <= pos < offset + len(chunk)]
+                    if hits:
+                        mutable = bytearray(chunk)
+                        for pos, xor in hits:
+                            mutable[pos - offset] ^= xor
+                        chunk = bytes(mutable)
+                offset += len(chunk)
+                yield chunk
+
+    def crc_patches(self) -> dict[int, int]:
+        """Byte positions that, flipped, make the first member's CRC check fail at its end.
+
+        Every recorded copy of the CRC-32 (local header, data descriptor, central directory) is
+        altered, never the compressed bytes: a flipped deflate byte usually breaks decompression
+        mid-member instead, while a reader must be shown the worse case, data that decodes fine and
+        is only found wrong at the end. Only the central directory is read, even for huge archives.
+        """
+        source: Any = io.BytesIO(self.data) if self.data is not None else self.path
+        with zipfile.ZipFile(source) as archive:
+            first = archive.infolist()[0]
+            central_directory = archive.start_dir  # type: ignore[attr-defined]
+        local = self.read_at(first.header_offset, 30)
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        positions = [first.header_offset + 14, central_directory + 16]
+        if first.flag_bits & 0x08:
+            descriptor = first.header_offset + 30 + name_length + extra_length + first.compress_size
+            has_signature = self.read_at(descriptor, 4) == b"PK\x07\x08"
+            positions.append(descriptor + (4 if has_signature else 0))
+        return {position: 0xFF for position in positions}
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Parts of a multipart/form-data body: name -> (filename, bytes). Binary-safe, no ``cgi``."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.lower().startswith("multipart/form-data") or not match:
+        return {}
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for raw in body.split(delimiter)[1:]:
+        if raw.startswith(b"--"):
+            break
+        head, _, content = raw.partition(b"\r\n\r\n")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        disposition = next((line for line in head.decode("latin-1").split("\r\n")
+                            if line.lower().startswith("content-disposition")), "")
+        name = re.search(r'\bname="([^"]*)"', disposition)
+        filename = re.search(r'\bfilename="([^"]*)"', disposition)
+        if name:
+            parts[name.group(1)] = (filename.group(1) if filename else None, content)
+    return parts
+
+
+def _zoho_error(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"code": code, "details": details, "message": message, "status": "error"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Parses HTTP and answers from :class:`ZohoSandbox` state; one instance per connection."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "ZohoSandbox/1.0"
+    timeout = 60  # an idle keep-alive connection is closed after this many seconds
+
+    @property
+    def sandbox(self) -> ZohoSandbox:
+        return self.server.sandbox  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("sandbox http: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        path = urlsplit(self.path).path
+        if path.startswith("/_sandbox/"):
+            self._admin(path[len("/_sandbox/"):])
+            return
+        self._entry = {"method": self.command, "path": path, "host": self.headers.get("Host", ""),
+                       "authorized": "Authorization" in self.headers, "status": None}
+        self.sandbox._record_request(self._entry)
+        endpoint = self._endpoint(path)
+        fault = self.sandbox._take_fault(endpoint, path)
+        if fault is not None and fault.kind == "reset_connection":
+            self._reset()
+            return
+        if endpoint == "upload":
+            self._upload(fault)
+            return
+        body = self._read_body()
+        if fault is not None and self._answer_generic_fault(fault):
+            return
+        if endpoint == "token":
+            self._token(body, fault)
+        elif endpoint == "create":
+            self._create_job(body)
+        elif endpoint == "details":
+            self._job_details(path)
+        elif endpoint == "download":
+            self._download(path, fault)
+        else:
+            self._json(404, _zoho_error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a "
+                                                               "correct one", path=path))
+
+    def _endpoint(self, path: str) -> str | None:
+        if path == "/oauth/v2/token" and self.command == "POST":
+            return "token"
+        if _UPLOAD_PATH.match(path) and self.command == "POST":
+            return "upload"
+        if _WRITE_PATH.match(path) and self.command == "POST":
+            return "create"
+        if _JOB_PATH.match(path) and self.command == "GET":
+            return "details"
+        if _DOWNLOAD_PATH.match(path) and self.command == "GET":
+            return "download"
+        return None
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _drain_body(self) -> None:
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            chunk = self.rfile.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _log(self, status: int | None) -> None:
+        self._entry["status"] = status
+        log.info("%s %s -> %s", self.command, self._entry["path"], status if status is not None else "no answer")
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._bytes(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
+
+    def _bytes(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        self._log(status)
+
+    def _reset(self) -> None:
+        """Close with an RST and no answer, as a dropped connection looks to the client."""
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self._log(None)
+        with contextlib.suppress(OSError):
+            self.connection.close()
+
+    def _unauthorized(self) -> bool:
+        if self.sandbox._token_is_valid(self.headers.get("Authorization")):
+            return False
+        self._json(401, INVALID_TOKEN_BODY)
+        return True
+
+    def _answer_generic_fault(self, fault: _Fault) -> bool:
+        """Faults that replace the whole answer; body faults are left to the download."""
+        params = fault.params
+        if fault.kind == "status":
+            status = int(params["status"])
+            body = params.get("body") or _DEFAULT_FAULT_BODIES.get(status) or _zoho_error(
+                "INTERNAL_ERROR" if status >= 500 else "INVALID_REQUEST", f"sandbox fault: HTTP {status}")
+            headers = {"Retry-After": str(params["retry_after"])} if params.get("retry_after") is not None else None
+            self._json(status, body, headers)
+            return True
+        if fault.kind == "redirect":
+            self._bytes(int(params.get("status", 302)), b"", "text/plain", {"Location": str(params["location"])})
+            return True
+        if fault.kind == "expired_link":
+            self._json(self.sandbox.options.expired_link_status, EXPIRED_LINK_BODY)
+            return True
+        if fault.kind == "error_body":
+            content_type = str(params.get("content_type", "text/html"))
+            body = params.get("body")
+            if body is None:
+                body = (json.dumps(_zoho_error("INTERNAL_ERROR", "internal server error"))
+                        if "json" in content_type else
+                        "<html><head><title>Zoho</title></head><body><h1>Sorry, something went wrong</h1>"
+                        "<p>Please try again later.</p></body></html>")
+            self._bytes(int(params.get("status", 200)), str(body).encode(), content_type)
+            return True
+        return False
+
+    # --- endpoints ------------------------------------------------------------------------------------
+
+    def _token(self, body: bytes, fault: _Fault | None) -> None:
+        params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        if "form-urlencoded" in self.headers.get("Content-Type", "") and body:
+            params.update({k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()})
+        options = self.sandbox.options
+        if fault is not None and fault.kind == "token_error":
+            error = str(fault.params.get("error", "invalid_code"))
+            answer = dict(THROTTLE_BODY) if error == "Access Denied" else {"error": error}
+            self._json(int(fault.params.get("status", options.token_error_status)), answer)
+            return
+        answer, ok = self.sandbox._mint(params)
+        self._json(200 if ok else options.token_error_status, answer)
+
+    def _upload(self, fault: _Fault | None) -> None:
+        if fault is not None and fault.kind in ("status", "redirect"):
+            self._drain_body()
+            self._answer_generic_fault(fault)
+            return
+        limit = self.sandbox.options.upload_limit_bytes
+        if int(self.headers.get("Content-Length") or 0) > limit + CHUNK_SIZE:  # multipart framing is small
+            self._drain_body()
+            self._json(413, _zoho_error("FILE_TOO_LARGE", f"the file is larger than {limit} bytes"))
+            return
+        body = self._read_body()
+        if self._unauthorized():
+            return
+        if (self.headers.get("feature") or "").lower() != "bulk-write":
+            self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "required header feature: bulk-write is missing",
+                                        header="feature"))
+            return
+        if not self.headers.get("X-CRM-ORG"):
+            self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "required header X-CRM-ORG is missing",
+                                        header="X-CRM-ORG"))
+            return
+        parts = _parse_multipart(self.headers.get("Content-Type", ""), body)
+        if "file" not in parts:
+            self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "multipart part 'file' is missing", param_name="file"))
+            return
+        data = parts["file"][1]
+        if len(data) > limit:
+            self._json(413, _zoho_error("FILE_TOO_LARGE", f"the file is larger than {limit} bytes"))
+            return
+        try:
+            file_id = self.sandbox.upload_file(data)
+        except ZohoConfigurationError as exc:
+            self._json(400, _zoho_error("INVALID_FILE_FORMAT", str(exc)))
+            return
+        self._json(200, {"status": "success", "code": "FILE_UPLOAD_SUCCESS", "message": "file uploaded.",
+                         "details": {"file_id": file_id, "created_time": _iso(self.sandbox.now())}})
+
+    def _create_job(self, body: bytes) -> None:
+        if self._unauthorized():
+            return
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            self._json(400, _zoho_error("INVALID_DATA", "the body is not valid JSON", api_name="body"))
+            return
+        try:
+            job_id = self.sandbox.create_job(request)
+        except _JobRequestError as exc:
+            self._json(400, _zoho_error(exc.code, exc.zoho_message, api_name=exc.api_name))
+            return
+        except ZohoConfigurationError as exc:
+            self._json(400, _zoho_error("INVALID_DATA", str(exc)))
+            return
+        self._json(201, {"status": "success", "code": "SUCCESS", "message": "success",
+                         "details": {"id": job_id, "created_by": self.sandbox._creator()}})
+
+    def _job_details(self, path: str) -> None:
+        if self._unauthorized():
+            return
+        match = _JOB_PATH.match(path)
+        assert match is not None
+        job_id = match.group(2)
+        details = self.sandbox.job_details(job_id)
+        if details is None:
+            self._json(400, _zoho_error("RESOURCE_NOT_FOUND", "the requested resource is not found", id=job_id))
+            return
+        self._json(200, details)
+
+    def _download(self, path: str, fault: _Fault | None) -> None:
+        if self._unauthorized():
+            return
+        match = _DOWNLOAD_PATH.match(path)
+        assert match is not None
+        _, job_id, file_stem = match.groups()
+        source = self.sandbox._result_source(job_id) if file_stem == job_id else None
+        if source is None:
+            self._json(self.sandbox.options.expired_link_status, EXPIRED_LINK_BODY)
+            return
+        kind, params = (fault.kind, fault.params) if fault is not None else (None, {})
+        limit = source.size
+        if kind == "truncate_zip":
+            limit = source.size * int(params.get("percent", 50)) // 100
+        patches = source.crc_patches() if kind == "corrupt_zip" else None
+        sent_limit = limit
+        if kind == "drop_mid_body":
+            sent_limit = int(source.size * float(params.get("fraction", 0.5)))
+        chunk_size = int(params.get("chunk_size", CHUNK_SIZE)) if kind == "slow_body" else CHUNK_SIZE
+        delay = float(params.get("delay", 0.5)) if kind == "slow_body" else 0.0
+
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Disposition", f'attachment; filename="{job_id}.zip"')
+        self.send_header("Content-Length", str(limit))
+        self.end_headers()
+        self._log(200)
+        try:
+            for position, chunk in enumerate(source.chunks(sent_limit, chunk_size, patches)):
+                if delay and position:
+                    time.sleep(delay)
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return
+        if kind == "drop_mid_body":
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    # --- admin ------------------------------------------------------------------------------------------
+
+    _ADMIN_METHODS = frozenset({
+        "info", "configure", "add_client", "revoke_refresh_token", "advance_clock", "add_fault", "clear_faults",
+        "stats", "reset", "create_job_from_csv", "create_job_from_zip", "job_details", "connection_extra",
+        "airflow_connection", "airflow_connection_env",
+    })
+
+    def _admin(self, name: str) -> None:
+        body = self._read_body()
+        self._entry = {"path": "/_sandbox/" + name}
+        if name not in self._ADMIN_METHODS:
+            self._json(404, {"error": "unknown_admin_method", "message": f"no sandbox admin method {name!r}"})
+            return
+        try:
+            kwargs = decode_admin_value(json.loads(body)) if body else {}
+            if not isinstance(kwargs, dict):
+                raise ZohoConfigurationError("admin calls take a JSON object of keyword arguments")
+            result = getattr(self.sandbox, name)(**kwargs)
+        except (ZohoConfigurationError, TypeError, ValueError) as exc:
+            self._json(400, {"error": type(exc).__name__, "message": str(exc)})
+            return
+        self._json(200, {"result": result})
+
+
+def encode_admin_value(value: Any) -> Any:
+    """JSON-safe form of admin arguments: bytes travel as ``{"$bytes": base64}``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: encode_admin_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_admin_value(v) for v in value]
+    return value
+
+
+def decode_admin_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"}:
+            return base64.b64decode(value["$bytes"])
+        return {k: decode_admin_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_admin_value(v) for v in value]
+    return value
