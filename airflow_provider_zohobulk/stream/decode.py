@@ -212,9 +212,11 @@ def iter_csv_batches(
     """Decode a CSV member incrementally into RecordBatches of string columns.
 
     Memory is bounded by about ``block_size`` plus one input chunk (more only while one row is
-    longer, up to ``max_field_bytes``, which bounds a whole row: no field can be longer than it). Raises :class:`~airflow_provider_zohobulk.errors.CsvFormatError` naming
-    ``file_name`` and the 1-based data row for ragged rows, invalid UTF-8, an unclosed quote, a row
-    over ``max_field_bytes``, or an empty member.
+    longer, up to ``max_field_bytes``, which bounds a whole row: no field can be longer than it).
+
+    Raises :class:`~airflow_provider_zohobulk.errors.CsvFormatError` naming ``file_name`` and the
+    1-based data row for ragged rows, invalid UTF-8, an unclosed quote, a row over
+    ``max_field_bytes``, or an empty member.
     """
     decoder = CsvDecoder(file_name, block_size, max_field_bytes)
     iterator = iter(chunks)
