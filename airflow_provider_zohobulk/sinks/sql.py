@@ -87,9 +87,21 @@ def json_string_literals(values: pa.Array) -> pa.StringArray:
     return pc.fill_null(literals, "null")
 
 
-def _join_per_row(lists: pa.ListArray | pa.MapArray, item_json: pa.Array, opening: str, closing: str) -> pa.Array:
-    """Join ``item_json`` (aligned with the unsliced child of ``lists``) per row, inside brackets."""
-    grouped = pa.ListArray.from_arrays(lists.offsets, item_json)
+def _children(lists: pa.ListArray | pa.MapArray) -> tuple[pa.Array, slice]:
+    """Offsets rebased to 0 and the child range this (possibly sliced) array uses.
+
+    ``.values``/``.keys`` of a sliced list array are the whole unsliced child: encoding them would
+    redo the full batch for every slice.
+    """
+    offsets = lists.offsets
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    return pc.subtract(offsets, pa.scalar(start, offsets.type)), slice(start, end)
+
+
+def _join_per_row(lists: pa.ListArray | pa.MapArray, offsets: pa.Array, item_json: pa.Array, opening: str,
+                  closing: str) -> pa.Array:
+    """Join ``item_json`` per row of ``lists`` (by the rebased ``offsets``), inside brackets."""
+    grouped = pa.ListArray.from_arrays(offsets, item_json)
     joined = pc.binary_join_element_wise(opening, pc.binary_join(grouped, ","), closing, "")
     if lists.null_count:
         joined = pc.if_else(lists.is_null(), pa.scalar(None, pa.string()), joined)
@@ -98,20 +110,27 @@ def _join_per_row(lists: pa.ListArray | pa.MapArray, item_json: pa.Array, openin
 
 def errors_to_json(errors: pa.ListArray) -> pa.Array:
     """``[{"code": ..., "columns": [...]}, ...]`` per row; a null row stays null."""
-    entries = errors.values
+    offsets, used = _children(errors)
+    entries = errors.values[used]
     codes = json_string_literals(pc.struct_field(entries, "code"))
     columns = pc.struct_field(entries, "columns")
-    columns_json = pc.fill_null(_join_per_row(columns, json_string_literals(columns.values), "[", "]"), "null")
+    column_offsets, used_columns = _children(columns)
+    column_names = json_string_literals(columns.values[used_columns])
+    columns_json = pc.fill_null(_join_per_row(columns, column_offsets, column_names, "[", "]"), "null")
     entry_json = pc.binary_join_element_wise('{"code":', codes, ',"columns":', columns_json, "}", "")
     if entries.null_count:
         entry_json = pc.if_else(entries.is_null(), "null", entry_json)
-    return _join_per_row(errors, entry_json, "[", "]")
+    return _join_per_row(errors, offsets, entry_json, "[", "]")
 
 
 def source_to_json(source: pa.MapArray) -> pa.Array:
     """``{"header": "value", ...}`` per row (null values stay JSON null); a null row stays null."""
-    pairs = pc.binary_join_element_wise(json_string_literals(source.keys), ":", json_string_literals(source.items), "")
-    return _join_per_row(source, pairs, "{", "}")
+    offsets, used = _children(source)
+    # Keys are the few CSV headers repeated on every row: encode each distinct header once.
+    headers = pc.dictionary_encode(source.keys[used])
+    keys_json = pc.take(json_string_literals(headers.dictionary), headers.indices)
+    pairs = pc.binary_join_element_wise(keys_json, ":", json_string_literals(source.items[used]), "")
+    return _join_per_row(source, offsets, pairs, "{", "}")
 
 
 def to_loadable_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
