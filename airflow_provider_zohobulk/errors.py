@@ -199,6 +199,10 @@ class EncryptedArchiveError(ArchiveError):
     """A member is password-protected; Zoho never sends those."""
 
 
+class UnsupportedArchiveError(ArchiveError):
+    """A zip feature a streaming reader cannot handle (unknown compression, stored member without sizes)."""
+
+
 class ArchiveLimitError(ArchiveError):
     """A safety limit (decompressed bytes, ratio, member count) was exceeded: a possible zip bomb."""
 

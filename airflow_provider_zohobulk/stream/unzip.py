@@ -32,6 +32,7 @@ from airflow_provider_zohobulk.errors import (
     NotAZipError,
     ResultLayoutError,
     TruncatedArchiveError,
+    UnsupportedArchiveError,
     ZohoBulkError,
 )
 
@@ -243,13 +244,13 @@ def classify(exc: stream_unzip.UnzipError) -> tuple[type[ArchiveError], str]:
     if isinstance(exc, (stream_unzip.MissingPasswordError, stream_unzip.PasswordError)):
         return EncryptedArchiveError, "the member is password-protected; Zoho result files never are"
     if isinstance(exc, stream_unzip.NotStreamUnzippable):
-        return ArchiveError, ("the member is stored uncompressed with its size only in a trailing data "
+        return UnsupportedArchiveError, ("the member is stored uncompressed with its size only in a trailing data "
                               "descriptor, which cannot be read as a stream")
     if isinstance(exc, stream_unzip.UnsupportedCompressionTypeError):
         method = exc.args[0] if exc.args else "?"
-        return ArchiveError, f"the member uses an unsupported compression method ({method})"
+        return UnsupportedArchiveError, f"the member uses an unsupported compression method ({method})"
     if isinstance(exc, stream_unzip.UnsupportedFeatureError):
-        return ArchiveError, f"the member uses an unsupported zip feature ({kind})"
+        return UnsupportedArchiveError, f"the member uses an unsupported zip feature ({kind})"
     if isinstance(exc, stream_unzip.UnexpectedSignatureError):
         return CorruptArchiveError, "malformed zip structure: unexpected record signature"
     return CorruptArchiveError, f"malformed zip archive ({kind})"
