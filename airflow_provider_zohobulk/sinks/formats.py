@@ -1,0 +1,192 @@
+"""File formats for canonical result batches: Parquet, CSV and JSON Lines, written batch by batch.
+
+Every encoder writes the columns of ``bulk_result.CANONICAL_SCHEMA`` in that order, one output row per
+result row, and keeps nothing but the current batch in memory. How each format carries the nested
+columns ``errors`` (a list of ``{code, columns}``) and ``source`` (the mapped CSV columns, header ->
+value):
+
+**Parquet** (``.parquet``): the canonical Arrow schema as it is. ``errors`` is
+``list<struct<code: string, columns: list<string>>>`` (an empty list when the row has no error),
+``source`` is ``map<string, string>`` whose entries keep the CSV's column order; a missing value is a
+null, an empty CSV cell (``""``) an empty string. Row groups follow the incoming batches (about 1 MiB
+of CSV each). The file is compressed by Parquet's own codec (zstd by default), never by the file
+name: ``.parquet.gz`` is refused, because readers expect a plain Parquet file.
+
+**JSON Lines** (``.jsonl`` or ``.ndjson``): one UTF-8 JSON object per line, ``\\n``-terminated, keys in
+canonical order::
+
+    {"job_id":"4150...","file_name":"Leads-Leads.csv","row_number":2,"record_id":null,"status":"SKIPPED",
+     "errors":[{"code":"MANDATORY_NOT_FOUND","columns":["Company","Last_Name"]}],
+     "errors_raw":"MANDATORY_NOT_FOUND-Company","source":{"Last_Name":null,"Company":""}}
+
+``row_number`` is a JSON number, every other scalar a JSON string or ``null``; ``errors`` is an array
+of objects (``[]`` when none) and ``source`` an object. Non-ASCII text is written as is (not
+``\\u``-escaped); newlines and quotes inside values are escaped, so a line is always one row.
+
+**CSV** (``.csv``): RFC 4180 with a header row and ``\\n`` line ends. Columns: ``job_id``,
+``file_name``, ``row_number``, ``record_id``, ``status``, ``errors``, ``errors_raw``, ``source``.
+``errors`` and ``source`` hold the JSON text described above for JSON Lines. Every string value is
+quoted, so an empty string is ``""`` and a null is an empty unquoted field (read it back with
+pyarrow's ``quoted_strings_can_be_null=False``, or DuckDB's ``read_csv`` default). The mapped
+columns are deliberately *not* flattened into one CSV column each: the header line comes first,
+but the full set of mapped headers is only known after every member has been read (members of one
+archive may map different columns), so flattening would mean buffering the whole result or
+rewriting the file. JSON text keeps the output streaming and the columns fixed across jobs.
+
+Compression of CSV and JSON Lines (``.gz``, ``.bz2``, ``.xz``, ``.zst`` after the format's extension)
+is applied to the byte stream by the sinks, not here.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.errors import SinkConfigurationError
+from airflow_provider_zohobulk.sinks.sql import errors_to_json, json_string_literals, source_to_json
+
+PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
+
+#: File extension (lower case, with the dot) -> format name.
+FORMAT_BY_EXTENSION: dict[str, str] = {".parquet": PARQUET, ".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL}
+FORMATS: tuple[str, ...] = (PARQUET, CSV, JSONL)
+
+#: Parquet codecs pyarrow can write; the names pyarrow accepts.
+PARQUET_CODECS: tuple[str, ...] = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+#: The CSV layout: the canonical columns, with the nested ones as JSON text.
+CSV_SCHEMA = pa.schema(
+    [
+        pa.field(field.name, pa.string(), nullable=field.nullable) if field.name in ("errors", "source") else field
+        for field in CANONICAL_SCHEMA
+    ]
+)
+
+
+def check_format(format_name: str) -> str:
+    """The format's canonical name (``ndjson`` is ``jsonl``); raises for a format this module cannot write."""
+    normalised = format_name.lower()
+    normalised = JSONL if normalised in ("ndjson", "jsonlines", "json_lines") else normalised
+    if normalised not in FORMATS:
+        raise SinkConfigurationError(f"unknown output format {format_name!r}; choose one of {', '.join(FORMATS)}")
+    return normalised
+
+
+def to_csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A canonical batch in the CSV layout (:data:`CSV_SCHEMA`): ``errors`` and ``source`` as JSON text."""
+    columns = [
+        errors_to_json(batch.column("errors")) if name == "errors"
+        else source_to_json(batch.column("source")) if name == "source"
+        else batch.column(name)
+        for name in CANONICAL_SCHEMA.names
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=CSV_SCHEMA)
+
+
+def encode_csv(batch: pa.RecordBatch, *, include_header: bool) -> pa.Buffer:
+    """A canonical batch as CSV bytes (layout in the module docstring); the header only if asked."""
+    out = pa.BufferOutputStream()
+    pa_csv.write_csv(to_csv_batch(batch), out,
+                     pa_csv.WriteOptions(include_header=include_header, quoting_style="needed"))
+    return out.getvalue()
+
+
+def encode_jsonl(batch: pa.RecordBatch) -> pa.Buffer:
+    """A canonical batch as JSON Lines bytes, built with Arrow string kernels (no per-row Python)."""
+    if batch.num_rows == 0:
+        return pa.py_buffer(b"")
+    parts: list[str | pa.Array] = []
+    for index, name in enumerate(CANONICAL_SCHEMA.names):
+        parts.append(("{" if index == 0 else ",") + f'"{name}":')
+        column = batch.column(name)
+        if name == "errors":
+            parts.append(pc.fill_null(errors_to_json(column), "null"))
+        elif name == "source":
+            parts.append(pc.fill_null(source_to_json(column), "null"))
+        elif name == "row_number":
+            parts.append(pc.fill_null(column.cast(pa.string()), "null"))
+        else:
+            parts.append(json_string_literals(column))
+    parts.append("}\n")
+    lines = pc.binary_join_element_wise(*parts, "")
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "")
+    return whole[0].as_buffer()
+
+
+class BatchEncoder(abc.ABC):
+    """Writes canonical batches in one format onto a binary stream that it never closes.
+
+    The stream's owner decides when the bytes become visible (commit) or are thrown away (abort);
+    the encoder only adds what the format needs at its end (:meth:`finish`).
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    @abc.abstractmethod
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Encode one canonical batch onto the stream."""
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """Write the format's ending (Parquet footer, a CSV header if no row came); the stream stays open."""
+
+
+class ParquetEncoder(BatchEncoder):
+    """Parquet with the canonical schema; one row group per incoming batch."""
+
+    def __init__(self, stream: BinaryIO, *, codec: str = "zstd") -> None:
+        super().__init__(stream)
+        if codec.lower() not in PARQUET_CODECS:
+            raise SinkConfigurationError(f"unknown Parquet codec {codec!r}; choose one of {', '.join(PARQUET_CODECS)}")
+        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=codec.lower())
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self.writer.write_batch(batch)
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+class CsvEncoder(BatchEncoder):
+    """CSV with a header line, written once even when the first batches hold no rows."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__(stream)
+        self.header_written = False
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.stream.write(encode_csv(batch, include_header=not self.header_written))
+        self.header_written = True
+
+    def finish(self) -> None:
+        if not self.header_written:
+            self.write(pa.RecordBatch.from_pylist([], schema=CANONICAL_SCHEMA))
+
+
+class JsonLinesEncoder(BatchEncoder):
+    """JSON Lines: nothing before the first row or after the last, so an empty result is an empty file."""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self.stream.write(encode_jsonl(batch))
+
+    def finish(self) -> None:
+        """JSON Lines has no ending."""
+
+
+def make_encoder(format_name: str, stream: BinaryIO, *, parquet_codec: str = "zstd") -> BatchEncoder:
+    """The encoder for ``format_name`` (see :data:`FORMATS`) writing onto ``stream``."""
+    format_name = check_format(format_name)
+    if format_name == PARQUET:
+        return ParquetEncoder(stream, codec=parquet_codec)
+    if format_name == CSV:
+        return CsvEncoder(stream)
+    return JsonLinesEncoder(stream)

@@ -1,0 +1,292 @@
+"""ObjectStorageSink on local files: formats, compressions, {file}, atomicity, configuration errors.
+
+Files are read back with independent readers (pyarrow.parquet, pyarrow.csv, DuckDB, json) and every
+field is compared with the input, including nested errors, null versus empty string, unicode and
+newlines inside values.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gc
+import gzip
+import io
+import json
+import lzma
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
+from airflow_provider_zohobulk.sinks.base import load_batches
+from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA
+from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink, member_stem
+from tests.helpers import canonical_batch, sample_rows
+
+JOB = "4150868000004979001"
+MEMBER = "Leads-Leads.csv"
+
+
+def batches_of(rows: list[dict], file_name: str = MEMBER, size: int = 3) -> list[tuple[str, pa.RecordBatch]]:
+    """Rows split into several canonical batches with continuing row numbers, as the core yields them."""
+    pieces = [canonical_batch(JOB, file_name, rows[start:start + size], first_row_number=start + 1)
+              for start in range(0, len(rows), size)]
+    return [(file_name, piece) for piece in pieces or [canonical_batch(JOB, file_name, [])]]
+
+
+def expected_rows(pairs: list[tuple[str, pa.RecordBatch]]) -> list[dict]:
+    """The input as plain Python rows, ``source`` as a dict (as JSON and CSV carry it)."""
+    rows = []
+    for _, batch in pairs:
+        for row in batch.to_pylist():
+            row["source"] = dict(row["source"])
+            rows.append(row)
+    return rows
+
+
+def decompressed(path: Path) -> bytes:
+    data = path.read_bytes()
+    openers = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress,
+               ".zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()}
+    return openers.get(path.suffix, lambda raw: raw)(data)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    text = decompressed(path).decode("utf-8")
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Read back with pyarrow: quoted "" is an empty string, an empty unquoted field is null."""
+    table = pa_csv.read_csv(
+        io.BytesIO(decompressed(path)),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={field.name: field.type for field in CSV_SCHEMA},
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+    )
+    assert table.column_names == CANONICAL_SCHEMA.names
+    rows = table.to_pylist()
+    for row in rows:
+        row["errors"] = json.loads(row["errors"])
+        row["source"] = json.loads(row["source"])
+    return rows
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return sample_rows(10)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".ndjson.zst", ".jsonl.bz2", ".jsonl.xz"])
+def test_jsonl_round_trip_every_field(tmp_path: Path, rows: list[dict], suffix: str) -> None:
+    pairs = batches_of(rows)
+    target = tmp_path / f"out{suffix}"
+    written = load_batches(ObjectStorageSink(str(target)), JOB, pairs)
+    assert written == [str(target)]
+    assert read_jsonl(target) == expected_rows(pairs)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".csv.zst", ".csv.bz2", ".csv.xz"])
+def test_csv_round_trip_every_field(tmp_path: Path, rows: list[dict], suffix: str) -> None:
+    pairs = batches_of(rows)
+    target = tmp_path / f"out{suffix}"
+    load_batches(ObjectStorageSink(str(target)), JOB, pairs)
+    assert read_csv(target) == expected_rows(pairs)
+    assert decompressed(target).decode().count('"job_id"') == 1  # one header, whatever the batches
+
+
+def test_csv_gz_reads_back_in_duckdb_with_nulls_and_empty_strings(tmp_path: Path, rows: list[dict]) -> None:
+    pairs = batches_of(rows)
+    target = tmp_path / "out.csv.gz"
+    load_batches(ObjectStorageSink(str(target)), JOB, pairs)
+    found = duckdb.connect().execute(
+        "SELECT row_number, record_id, errors_raw, json_extract_string(source, '$.Last_Name'), "
+        "source::JSON->>'$.Email' FROM read_csv(?, all_varchar = true) ORDER BY row_number::INT", [str(target)]
+    ).fetchall()
+    expected = [(str(r["row_number"]), r["record_id"], r["errors_raw"], r["source"]["Last_Name"], r["source"]["Email"])
+                for r in expected_rows(pairs)]
+    assert found == expected
+    assert any(row[3] == "" for row in found) and any(row[3] is None for row in found)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "snappy"])
+def test_parquet_round_trip_keeps_the_canonical_schema(tmp_path: Path, rows: list[dict], codec: str) -> None:
+    pairs = batches_of(rows)
+    target = tmp_path / "out.parquet"
+    load_batches(ObjectStorageSink(str(target), parquet_codec=codec), JOB, pairs)
+    table = pq.read_table(target)
+    assert table.schema.equals(CANONICAL_SCHEMA)
+    assert table.to_pylist() == [row for _, batch in pairs for row in batch.to_pylist()]
+    assert pq.ParquetFile(target).metadata.row_group(0).column(0).compression.lower() == codec
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl.gz"])
+def test_header_only_member_gives_a_valid_empty_file(tmp_path: Path, suffix: str) -> None:
+    target = tmp_path / f"empty{suffix}"
+    load_batches(ObjectStorageSink(str(target)), JOB, batches_of([]))
+    if suffix == ".parquet":
+        table = pq.read_table(target)
+        assert table.num_rows == 0 and table.schema.equals(CANONICAL_SCHEMA)
+    elif suffix == ".csv":
+        assert target.read_text() == ",".join(f'"{name}"' for name in CANONICAL_SCHEMA.names) + "\n"
+    else:
+        assert read_jsonl(target) == []
+
+
+def test_archive_without_csv_members_still_replaces_the_single_destination(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    assert load_batches(ObjectStorageSink(str(target)), JOB, []) == [str(target)]
+    assert read_csv(target) == []
+    per_file = ObjectStorageSink(str(tmp_path / "{file}.csv"))
+    assert load_batches(per_file, JOB, []) == []
+
+
+def test_file_placeholder_writes_one_file_per_member(tmp_path: Path, rows: list[dict]) -> None:
+    leads = batches_of(rows[:5], "Leads-Leads.csv")
+    contacts = batches_of(rows[5:], "Contacts-Contacts.csv")
+    sink = ObjectStorageSink(f"file://{tmp_path}/nested/{{file}}.jsonl")
+    written = load_batches(sink, JOB, leads + contacts)
+    assert written == [f"file://{tmp_path}/nested/Leads-Leads.jsonl", f"file://{tmp_path}/nested/Contacts-Contacts.jsonl"]
+    assert read_jsonl(tmp_path / "nested" / "Leads-Leads.jsonl") == expected_rows(leads)
+    assert read_jsonl(tmp_path / "nested" / "Contacts-Contacts.jsonl") == expected_rows(contacts)
+    assert sink.asset_uri == f"file://{tmp_path}/nested/{{file}}.jsonl"
+
+
+def test_several_members_without_placeholder_fail_and_publish_nothing(tmp_path: Path, rows: list[dict]) -> None:
+    target = tmp_path / "out.parquet"
+    pq.write_table(pa.table({"old": [1]}), target)
+    before = target.read_bytes()
+    pairs = batches_of(rows[:5], "Leads-Leads.csv") + batches_of(rows[5:], "Contacts-Contacts.csv")
+    with pytest.raises(SinkConfigurationError) as caught:
+        load_batches(ObjectStorageSink(str(target)), JOB, pairs)
+    message = str(caught.value)
+    assert str(target) in message and "Leads-Leads.csv" in message and "Contacts-Contacts.csv" in message
+    assert "{file}" in message
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["out.parquet"]  # no temporary file left behind
+
+
+def test_members_with_the_same_stem_are_refused(tmp_path: Path, rows: list[dict]) -> None:
+    pairs = batches_of(rows[:2], "a/Leads.csv") + batches_of(rows[2:4], "b/Leads.csv")
+    with pytest.raises(SinkConfigurationError, match="would both be written"):
+        load_batches(ObjectStorageSink(str(tmp_path / "{file}.csv")), JOB, pairs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failure_mid_archive_keeps_the_existing_file(tmp_path: Path, rows: list[dict]) -> None:
+    target = tmp_path / "out.jsonl.gz"
+    load_batches(ObjectStorageSink(str(target)), JOB, batches_of(rows[:2]))
+    before = target.read_bytes()
+
+    class CorruptArchive(Exception):
+        pass
+
+    def failing_stream():
+        yield from batches_of(rows)[:2]
+        raise CorruptArchive("CRC mismatch at the end of the member")
+
+    with pytest.raises(CorruptArchive):
+        load_batches(ObjectStorageSink(str(target)), JOB, failing_stream())
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["out.jsonl.gz"]
+
+
+def test_rerun_replaces_the_file(tmp_path: Path, rows: list[dict]) -> None:
+    target = tmp_path / "out.csv"
+    sink = ObjectStorageSink(str(target))
+    load_batches(sink, JOB, batches_of(rows))
+    load_batches(sink, JOB, batches_of(rows[:3]))
+    assert read_csv(target) == expected_rows(batches_of(rows[:3]))
+
+
+def test_sink_dropped_without_commit_or_abort_leaves_nothing(tmp_path: Path, rows: list[dict]) -> None:
+    sink = ObjectStorageSink(str(tmp_path / "out.parquet"))
+    sink.open(JOB)
+    for name, batch in batches_of(rows):
+        sink.write(name, batch)
+    assert len(os.listdir(tmp_path)) == 1  # the temporary file
+    del sink
+    gc.collect()
+    assert os.listdir(tmp_path) == []
+
+
+def test_batch_of_another_layout_or_job_is_refused(tmp_path: Path, rows: list[dict]) -> None:
+    sink = ObjectStorageSink(str(tmp_path / "out.csv"))
+    with pytest.raises(SinkError, match="canonical layout"):
+        load_batches(sink, JOB, [(MEMBER, pa.record_batch({"job_id": [JOB]}))])
+    with pytest.raises(SinkError, match="another job"):
+        load_batches(sink, JOB, [(MEMBER, canonical_batch("other-job", MEMBER, rows[:1]))])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "kwargs", "complaint"),
+    [
+        ("/tmp/x/out.txt", {}, "cannot tell the output format"),
+        ("/tmp/x/out.parquet.gz", {}, "Parquet compresses itself"),
+        ("/tmp/x/out.csv", {"format": "parquet"}, "but format='parquet'"),
+        ("/tmp/x/out", {"format": "xml"}, "unknown output format"),
+        ("/tmp/x/{filename}.csv", {}, "{filename}"),
+        ("http://example.com/out.csv", {}, "unsupported scheme"),
+        ("s3://bucket/out.csv", {"min_part_size": 1024}, "min_part_size"),
+        ("/tmp/x/out.parquet", {"parquet_codec": "lzo9"}, None),
+    ],
+)
+def test_configuration_errors_are_caught_without_io(uri: str, kwargs: dict, complaint: str | None) -> None:
+    if complaint is None:  # the codec is only checked when the file is opened
+        sink = ObjectStorageSink(uri, **kwargs)
+        with pytest.raises(SinkConfigurationError, match="lzo9"):
+            sink.open(JOB)
+            sink.write(MEMBER, canonical_batch(JOB, MEMBER, []))
+        sink.abort()
+        return
+    with pytest.raises(SinkConfigurationError) as caught:
+        ObjectStorageSink(uri, **kwargs)
+    assert complaint in str(caught.value)
+
+
+def test_jinja_is_left_for_rendering_and_checked_at_open(tmp_path: Path) -> None:
+    sink = ObjectStorageSink(str(tmp_path / "{{ params.job_id }}" / "{file}.{{ params.ext }}"))
+    sink.uri = str(tmp_path / "42" / "{file}.txt")  # what Airflow's rendering could produce
+    with pytest.raises(SinkConfigurationError, match="cannot tell the output format"):
+        sink.open(JOB)
+    sink.uri = str(tmp_path / "42" / "{file}.csv")
+    assert load_batches(sink, JOB, batches_of([])) == [str(tmp_path / "42" / "Leads-Leads.csv")]
+
+
+def test_format_given_for_a_name_without_extension_and_other_braces_kept(tmp_path: Path, rows: list[dict]) -> None:
+    target = tmp_path / "{{literal}}-out"
+    load_batches(ObjectStorageSink(str(target), format="ndjson"), JOB, batches_of(rows))
+    assert read_jsonl(target) == expected_rows(batches_of(rows))
+
+
+def test_local_destination_refuses_a_connection(tmp_path: Path) -> None:
+    sink = ObjectStorageSink(str(tmp_path / "out.csv"), conn_id="aws_default")
+    with pytest.raises(SinkConfigurationError, match="needs none"):
+        sink.open(JOB)
+
+
+def test_member_stem_cannot_escape_the_destination() -> None:
+    assert member_stem("Leads-Leads.csv") == "Leads-Leads"
+    assert member_stem("../../etc/passwd.CSV") == "passwd"
+    assert member_stem("dir\\Deals.csv") == "Deals"
+    assert member_stem("..") == "result"
+
+
+def test_asset_uris_are_accepted_by_airflow(tmp_path: Path) -> None:
+    from airflow.sdk import Asset
+
+    relative = ObjectStorageSink("out/{file}.parquet")
+    assert relative.asset_uri == f"file://{os.path.abspath('out')}/{{file}}.parquet"
+    for sink in (relative, ObjectStorageSink("s3://lake/zoho/{{ params.job_id }}/{file}.csv.gz")):
+        assert Asset(sink.asset_uri).uri == sink.asset_uri
