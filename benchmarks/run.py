@@ -205,7 +205,11 @@ def run_benchmark(
     profile_dir: Path | None = None,
     log: Any = print,
 ) -> list[Measurement]:
-    """Run ``cases`` (each ``repeat`` times, in fresh processes); keep each one's fastest run.
+    """Run ``cases`` ``repeat`` times (round robin, fresh processes); keep each case's fastest run.
+
+    Round robin rather than case after case: on a shared machine the load drifts, and interleaving
+    spreads that drift over every case instead of penalising whichever ran during a busy minute.
+    The peak memory kept is the highest seen over the repetitions.
 
     ``env`` is the complete environment of the case processes: it must hold the Zoho connection
     (``AIRFLOW_CONN_ZOHO_CRM_DEFAULT``), the PostgreSQL one (``AIRFLOW_CONN_BENCH_POSTGRES``), the
@@ -213,11 +217,9 @@ def run_benchmark(
     destination does not match the manifest.
     """
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
-    measurements = []
-    for case in cases:
-        best: Measurement | None = None
-        peak = 0
-        for attempt in range(repeat):
+    best: dict[str, Measurement] = {}
+    for attempt in range(repeat):
+        for case in cases:
             config = CaseConfig(
                 case=case, download_url=download_url, job_id=job_id, work_dir=str(work_dir),
                 access_token=access_token if case == "naive_pandas" else "",
@@ -228,20 +230,22 @@ def run_benchmark(
             result = run_case_process(config, env, work_dir)
             check_destination(result, manifest, work_dir, pg_dsn)
             clear_destination(case, work_dir, pg_dsn)
-            peak = max(peak, result.peak_rss_bytes)
             measurement = Measurement(
                 case=case, seconds=result.seconds, cpu_seconds=result.cpu_seconds,
-                rss_after_setup_bytes=result.rss_after_setup_bytes, peak_rss_bytes=peak,
+                rss_after_setup_bytes=result.rss_after_setup_bytes, peak_rss_bytes=result.peak_rss_bytes,
                 rows=manifest.rows, csv_bytes=manifest.csv_bytes,
             )
             log(f"{case} #{attempt + 1}: {measurement.seconds:.1f} s, {measurement.mb_per_second:.1f} MB/s, "
-                f"peak {result.peak_rss_bytes / 2**20:.0f} MB")
-            if best is None or measurement.seconds < best.seconds:
-                best = measurement
-            best.peak_rss_bytes = peak
-        assert best is not None
-        measurements.append(best)
-    return measurements
+                f"CPU {measurement.cpu_seconds:.1f} s, peak {measurement.peak_rss_mb:.0f} MB, "
+                f"load average {os.getloadavg()[0]:.1f}")
+            previous = best.get(case)
+            if previous is not None:
+                measurement.peak_rss_bytes = max(measurement.peak_rss_bytes, previous.peak_rss_bytes)
+                if previous.seconds <= measurement.seconds:
+                    previous.peak_rss_bytes = measurement.peak_rss_bytes
+                    continue
+            best[case] = measurement
+    return [best[case] for case in cases]
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -277,7 +281,7 @@ def machine_description(pg_version: str | None) -> list[str]:
 
 
 def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifest, *, machine: Sequence[str],
-                    repeat: int) -> str:
+                    repeat: int, notes: Sequence[str] = ()) -> str:
     """The results table, the target ratios and the machine, as markdown."""
     by_case = {m.case: m for m in measurements}
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -313,7 +317,7 @@ def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifes
         lines.append(f"| ours_parquet vs naive_pandas: speed | {naive.seconds / ours.seconds:.1f}x faster | | |")
         lines.append(f"| ours_parquet vs naive_pandas: peak memory | {naive.peak_rss_mb / ours.peak_rss_mb:.1f}x "
                      "less | | |")
-    lines += ["", "Machine:", "", *machine, ""]
+    lines += ["", "Machine:", "", *machine, *notes, ""]
     return "\n".join(lines)
 
 
@@ -370,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
 
+    load_at_start = os.getloadavg()[0]
     zip_path, manifest = ensure_result_zip(args.rows)
     print(f"input: {zip_path} ({manifest.csv_bytes / 1e6:,.1f} MB of CSV, {manifest.rows:,} rows)")
     with tempfile.TemporaryDirectory(prefix="zohobulk-bench-") as scratch:
@@ -390,15 +395,19 @@ def main(argv: list[str] | None = None) -> None:
 
         with throwaway_postgres() as postgres, serve_from_sandbox(zip_path, env) as (job_id, url):
             env.update(postgres.airflow_conn_env(PG_CONN_ID))
-            with postgres.connect() as connection:
+            import psycopg
+
+            with psycopg.connect(postgres.dsn) as connection:
                 pg_version = connection.execute("SHOW server_version").fetchone()[0]
             measurements = run_benchmark(
                 zip_path=zip_path, manifest=manifest, download_url=url, job_id=job_id,
                 access_token=mint_access_token(), pg_dsn=postgres.dsn, env=env, work_dir=work_dir,
                 cases=cases, repeat=args.repeat, profile_dir=profile_dir,
             )
+        load_note = (f"- Load average (1 min): {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                     "(the machine is shared: compare ratios within one run)")
         markdown = render_markdown(measurements, manifest, machine=machine_description(pg_version),
-                                   repeat=args.repeat)
+                                   repeat=args.repeat, notes=[load_note])
         print(markdown)
         if profile_dir:
             print_profiles(profile_dir)
