@@ -1,0 +1,123 @@
+"""The wait-and-load example DAG on a real, running Airflow 3, triggered through its REST API.
+
+What only a running deployment shows: the sensor really leaves its worker slot (the task instance is
+DEFERRED and its trigger sits in the triggerer), the triggerer polls Zoho and resumes the task, both
+loads run in parallel under the LocalExecutor, the Asset event is recorded and schedules the
+downstream DAG. The sandbox job is held in each state until the test moves the sandbox clock, so the
+sequence ADDED -> IN PROGRESS -> COMPLETED is driven by the test, not raced against start-up times.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_zohobulk.sandbox import sample_leads_csv
+from tests.fixtures.running_airflow import JOB_STEP_SECONDS, RunningAirflow
+
+pytestmark = [pytest.mark.airflow_e2e, pytest.mark.slow]
+
+DAG_ID = "zoho_bulk_write_wait_and_load"
+DOWNSTREAM_DAG_ID = "zoho_bulk_write_downstream"
+TRIGGER_CLASS = "ZohoBulkWriteJobTrigger"
+ROWS = 500
+
+
+def job_detail_calls(sandbox: Any, job_id: str) -> int:
+    """How many times anyone asked the sandbox for this job's details (the sensor's and trigger's polls)."""
+    return sum(1 for request in sandbox.stats()["requests"]
+               if request.get("method") == "GET" and request.get("path", "").endswith(f"/write/{job_id}"))
+
+
+def expected_counts(sandbox: Any, job_id: str) -> dict[str, int]:
+    """The counts Zoho reports for the job, summed over its files (one here)."""
+    totals = {"added_count": 0, "updated_count": 0, "skipped_count": 0, "total_count": 0}
+    for resource in sandbox.job_details(job_id)["resource"]:
+        for key in totals:
+            totals[key] += resource["file"][key]
+    return totals
+
+
+def test_deferred_sensor_then_parallel_loads_then_downstream_dag(running_airflow: RunningAirflow) -> None:
+    airflow, sandbox = running_airflow, running_airflow.sandbox
+    job_id = sandbox.create_job_from_csv(sample_leads_csv(ROWS, seed=7))
+    assert sandbox.job_details(job_id)["status"] == "ADDED"
+
+    run_id = airflow.trigger_dag(DAG_ID, {"job_id": job_id})["dag_run_id"]
+
+    def sensor_instance() -> dict[str, Any]:
+        return airflow.task_instances(DAG_ID, run_id)["wait_for_job"]
+
+    # 1. The sensor poked once, saw ADDED, and handed the wait to the triggerer.
+    deferred = airflow.wait_for("wait_for_job to be DEFERRED",
+                                lambda: (ti := sensor_instance())["state"] == "deferred" and ti, timeout=120)
+    assert deferred["trigger"] is not None, deferred
+    assert deferred["trigger"]["classpath"].endswith(f".{TRIGGER_CLASS}")
+
+    # 2. IN PROGRESS: the trigger keeps polling, the task stays deferred (no worker slot held).
+    sandbox.advance_clock(JOB_STEP_SECONDS)
+    assert sandbox.job_details(job_id)["status"] == "IN PROGRESS"
+    polls_before = job_detail_calls(sandbox, job_id)
+    airflow.wait_for("the trigger to poll the IN PROGRESS job twice",
+                     lambda: job_detail_calls(sandbox, job_id) >= polls_before + 2, timeout=60)
+    assert sensor_instance()["state"] == "deferred"
+
+    # 3. COMPLETED: the trigger fires, the sensor resumes, both loads run.
+    sandbox.advance_clock(JOB_STEP_SECONDS)
+    run = airflow.wait_for_run(DAG_ID, run_id, timeout=180)
+    assert run["state"] == "success", airflow.failure_report(DAG_ID, run_id)
+
+    instances = airflow.task_instances(DAG_ID, run_id)
+    assert {task: ti["state"] for task, ti in instances.items()} == {
+        "wait_for_job": "success", "load_to_object_storage": "success", "load_to_warehouse": "success"}
+    # Resumed after deferral, not retried: still the first try.
+    assert instances["wait_for_job"]["try_number"] == 1
+    sensor_log = airflow.task_log(DAG_ID, run_id, "wait_for_job")
+    assert "DEFERRED" in sensor_log.upper() or "defer" in sensor_log.lower(), sensor_log[-3000:]
+    triggerer_log = (airflow.log_dir / "triggerer.log").read_text(errors="replace")
+    assert TRIGGER_CLASS in triggerer_log or job_id in triggerer_log, triggerer_log[-3000:]
+
+    # The rows landed, matching what Zoho reports for the job.
+    counts = expected_counts(sandbox, job_id)
+    assert counts["total_count"] == ROWS
+    with duckdb.connect(str(airflow.output_dir / "warehouse.duckdb"), read_only=True) as con:
+        by_status = dict(con.execute(
+            "SELECT status, count(*) FROM zoho_bulk_write_results WHERE job_id = ? GROUP BY status",
+            [job_id]).fetchall())
+    assert sum(by_status.values()) == counts["total_count"]
+    assert by_status.get("ADDED", 0) == counts["added_count"]
+    assert by_status.get("UPDATED", 0) == counts["updated_count"]
+    assert sum(n for status, n in by_status.items() if status not in ("ADDED", "UPDATED")) == counts["skipped_count"]
+    assert counts["skipped_count"] > 0  # the sample has flawed rows: the SKIPPED path was exercised
+
+    parquet_files = sorted(Path(airflow.output_dir, "lake", "bulk_write", job_id).glob("*.parquet"))
+    assert parquet_files, f"no Parquet files under {airflow.output_dir}/lake/bulk_write/{job_id}"
+    assert sum(pq.ParquetFile(path).metadata.num_rows for path in parquet_files) == ROWS
+
+    # The Asset event names this job and created the downstream DAG's run.
+    events = airflow.api("GET", "/assets/events", params={
+        "source_dag_id": DAG_ID, "source_run_id": run_id, "source_task_id": "load_to_object_storage"})
+    assert len(events["asset_events"]) == 1, events
+    event = events["asset_events"][0]
+    assert event["uri"] == f"file://{airflow.output_dir}/lake/bulk_write/"
+    assert event["extra"]["job_id"] == job_id
+    assert event["extra"]["rows"] == ROWS
+    downstream_runs = airflow.wait_for(
+        "the Asset event to create a downstream run",
+        lambda: airflow.api("GET", "/assets/events", params={"source_run_id": run_id,
+                                                            "source_dag_id": DAG_ID})["asset_events"][0][
+            "created_dagruns"], timeout=60)
+    downstream = [r for r in downstream_runs if r["dag_id"] == DOWNSTREAM_DAG_ID]
+    assert len(downstream) == 1, downstream_runs
+    downstream_run_id = downstream[0]["run_id"]
+    finished = airflow.wait_for_run(DOWNSTREAM_DAG_ID, downstream_run_id, timeout=120)
+    assert finished["state"] == "success", airflow.failure_report(DOWNSTREAM_DAG_ID, downstream_run_id)
+    assert finished["run_type"] == "asset_triggered"
+    reported = airflow.api(
+        "GET", f"/dags/{DOWNSTREAM_DAG_ID}/dagRuns/{downstream_run_id}/taskInstances/report/xcomEntries/return_value",
+        params={"deserialize": "true"})["value"]
+    assert any(job_id in str(location) for location in reported), reported
