@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -189,7 +190,21 @@ def test_same_job_twice_at_once_the_later_load_wins(pg_conn_env, db, pg_table_na
 
     thread = threading.Thread(target=second_load)
     thread.start()
-    assert not second_done.wait(timeout=1), "the second load of the same job did not wait for the first"
+    try:
+        waiting = 0
+        for _ in range(600):  # until the second load is seen waiting on the job's advisory lock
+            waiting = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
+                "AND datname = current_database()"
+            ).fetchone()[0]
+            if waiting or second_done.is_set():
+                break
+            time.sleep(0.05)
+        assert not second_done.is_set(), "the second load of the same job did not wait for the first"
+        assert waiting == 1
+    except BaseException:
+        first.abort()
+        raise
     first.commit()
     thread.join(timeout=30)
     assert failures == []
@@ -283,3 +298,31 @@ def test_wrong_password_is_a_sink_error_without_the_password(postgres_server, mo
     assert "password authentication failed" in str(caught.value)
     assert "not-the-Secret-123" not in str(caught.value)
     assert pg_table_name in str(caught.value)
+
+
+def test_duplicate_rows_found_when_the_copy_ends_roll_everything_back(pg_conn_env, db, pg_table_name):
+    load(pg_table_name, "J1", {"a.csv": sample_rows(3)})
+    before = table_rows(db, pg_table_name)
+    same_rows_twice = [("a.csv", canonical_batch("J1", "a.csv", sample_rows(5)))] * 2
+    with pytest.raises(SinkError, match="duplicate key") as caught:
+        load_batches(SqlSink(CONN_ID, pg_table_name), "J1", same_rows_twice)
+    assert isinstance(caught.value.__cause__, psycopg.errors.UniqueViolation)
+    assert table_rows(db, pg_table_name) == before
+
+
+def test_server_restart_mid_load_raises_sink_error_and_changes_nothing(pg_conn_env, pg_table_name):
+    load(pg_table_name, "J1", {"a.csv": sample_rows(4)})
+    with pg_conn_env.connect() as db:
+        before = table_rows(db, pg_table_name)
+
+    def batches_with_a_restart():
+        yield "a.csv", canonical_batch("J1", "a.csv", sample_rows(100))
+        pg_conn_env.restart()
+        for n in range(5):
+            yield "a.csv", canonical_batch("J1", "a.csv", sample_rows(2000), first_row_number=101 + 2000 * n)
+
+    with pytest.raises(SinkError) as caught:
+        load_batches(SqlSink(CONN_ID, pg_table_name), "J1", batches_with_a_restart())
+    assert pg_table_name in str(caught.value) and "job J1" in str(caught.value)
+    with pg_conn_env.connect() as db:
+        assert table_rows(db, pg_table_name) == before
