@@ -31,4 +31,12 @@ if [ "$extras" = "test" ]; then
     apt-get update -qq
     apt-get install -y -qq postgresql >/dev/null
   fi
+  # Headless Chromium for the browser test (Debian's package: playwright drives it through
+  # executable_path, so "playwright install", which downloads its own browser, is never needed).
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "== installing Chromium from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium fonts-liberation >/dev/null
+  fi
 fi
