@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -202,7 +203,7 @@ class SqlSink(ResultSink):
             )
         else:
             load = _DbApiLoad(_get_dbapi_hook(connection, self.conn_id), connection.conn_type or "", self.table,
-                              job_id, self.batch_rows)
+                              job_id, self.batch_rows, secret=connection.password)
         load.start()
         self._load = load
 
@@ -276,7 +277,8 @@ def _asset_uri_for(connection: Any, conn_id: str, table: str) -> str:
     schema, name = split_table_name(table)
     conn_type = (connection.conn_type or "").lower()
     if conn_type in _POSTGRES_CONN_TYPES:
-        path = "/".join(quote(part, safe="") for part in (connection.schema or "postgres", schema or "public", name))
+        database = connection.schema or connection.login or "postgres"  # libpq's default is the user name
+        path = "/".join(quote(part, safe="") for part in (database, schema or "public", name))
         return f"postgres://{connection.host or 'localhost'}:{connection.port or 5432}/{path}"
     return f"{conn_type or 'sql'}://{quote(conn_id, safe='')}/{quote(table, safe='')}"
 
@@ -291,7 +293,7 @@ def _check_batch(batch: pa.RecordBatch, job_id: str, file_name: str, table: str)
                         job_id=job_id, file_name=file_name)
 
 
-def _slices(batch: pa.RecordBatch, size: int):
+def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
     for start in range(0, batch.num_rows, size):
         yield batch.slice(start, size)
 
@@ -325,8 +327,13 @@ class _PostgresLoad:
         self.copy: psycopg.Copy | None = None
 
     def start(self) -> None:
-        import psycopg
-
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise SinkConfigurationError(
+                "loading into PostgreSQL needs psycopg 3: install airflow-provider-zohobulk[postgres]",
+                job_id=self.job_id,
+            ) from exc
         try:
             self.connection = psycopg.connect(**self.params, autocommit=False)
             self._create_table_if_missing()
@@ -402,8 +409,10 @@ class _PostgresLoad:
 class _DbApiLoad:
     """One load through an Airflow common-sql hook's DB-API connection."""
 
-    def __init__(self, hook: Any, conn_type: str, table: str, job_id: str, batch_rows: int) -> None:
+    def __init__(self, hook: Any, conn_type: str, table: str, job_id: str, batch_rows: int, *,
+                 secret: str | None) -> None:
         self.hook = hook
+        self.secret = secret
         self.dialect = conn_type.lower()
         self.table = table
         self.qualified = quote_table_name(table, self.dialect)
@@ -444,7 +453,7 @@ class _DbApiLoad:
         except Exception as exc:
             self.abort()
             raise _failure(self.table, self.job_id, f"starting the load into {self.dialect or 'SQL'}", exc,
-                           None) from exc
+                           self.secret) from exc
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         _check_batch(batch, self.job_id, file_name, self.table)
@@ -457,7 +466,7 @@ class _DbApiLoad:
                 cursor.executemany(self.insert_sql, list(zip(*values, strict=True)))
             cursor.close()
         except Exception as exc:
-            raise _failure(self.table, self.job_id, f"inserting rows into {self.dialect or 'SQL'}", exc, None,
+            raise _failure(self.table, self.job_id, f"inserting rows into {self.dialect or 'SQL'}", exc, self.secret,
                            file_name) from exc
 
     def commit(self) -> None:
@@ -466,7 +475,7 @@ class _DbApiLoad:
         except Exception as exc:
             self.abort()
             raise _failure(self.table, self.job_id, f"committing the load into {self.dialect or 'SQL'}", exc,
-                           None) from exc
+                           self.secret) from exc
         with contextlib.suppress(Exception):
             self.connection.close()  # committed already; a failing close changes nothing
 
