@@ -245,7 +245,7 @@ class ZohoSandbox:
         server.daemon_threads = True
         server.sandbox = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="zoho-sandbox", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="zoho-sandbox", daemon=True)
         self._thread.start()
         log.info("Zoho sandbox listening on %s", self.url)
         return self
@@ -810,8 +810,12 @@ class _Handler(BaseHTTPRequestHandler):
     def sandbox(self) -> ZohoSandbox:
         return self.server.sandbox  # type: ignore[attr-defined]
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Silenced: the base class logs the raw request line, query string (client secret) included."""
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("sandbox http: " + format, *args)
+        """Protocol errors only; any query string is cut out, since token requests carry secrets there."""
+        log.debug("sandbox http: %s", re.sub(r"\?\S*", "?<query hidden>", format % args))
 
     def do_GET(self) -> None:
         self._dispatch()
