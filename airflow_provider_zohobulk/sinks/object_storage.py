@@ -452,8 +452,15 @@ def _describe(exc: BaseException) -> str:
 
 
 def _client_from_connection(scheme: str, conn_id: str) -> Any:
-    """The storage client built from Airflow connection ``conn_id`` by its provider's hook."""
+    """The storage client built from Airflow connection ``conn_id`` by its provider's hook.
+
+    The connection is looked up first on purpose: the Amazon hook silently falls back to the
+    machine's default credentials for an unknown id, so a typo would write with someone else's rights.
+    """
     try:
+        from airflow.sdk import BaseHook
+
+        BaseHook.get_connection(conn_id)
         if scheme == "s3":
             return _s3_client(conn_id)
         if scheme == "gs":
