@@ -11,9 +11,10 @@ from airflow_provider_zohobulk.progress import Progress
 
 
 def test_key_hides_every_secret():
-    key = cache_key("https://accounts.zoho.eu", "client", "refresh-secret")
-    assert "refresh" not in key and "client" not in key
-    assert key != cache_key("https://accounts.zoho.com", "client", "refresh-secret")
+    key = cache_key("https://accounts.zoho.eu", "client", "secret", "refresh-secret")
+    assert "refresh" not in key and "client" not in key and "secret" not in key
+    assert key != cache_key("https://accounts.zoho.com", "client", "secret", "refresh-secret")
+    assert key != cache_key("https://accounts.zoho.eu", "client", "wrong-secret", "refresh-secret")
 
 
 def test_file_store_is_private_and_shared_between_instances(tmp_path):

@@ -12,7 +12,7 @@ its own token is the known failure mode of Zoho clients. So tokens are minted un
    at the same instant each mint one: at most one token per machine per hour, far below the throttle.
 
 A token is reused until :data:`REFRESH_MARGIN_SECONDS` before it expires. Keys are a hash of the
-accounts URL, client id and refresh token: no secret is ever part of a key or a file name.
+accounts URL, client id, client secret and refresh token: no secret is ever part of a key or a file name.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class CachedToken:
         return (now or time.time()) < self.expires_at - REFRESH_MARGIN_SECONDS
 
 
-def cache_key(accounts_url: str, client_id: str, refresh_token: str) -> str:
-    material = "\0".join((accounts_url, client_id, refresh_token)).encode()
+def cache_key(accounts_url: str, client_id: str, client_secret: str, refresh_token: str) -> str:
+    """Every credential is part of the key, so a connection with a wrong secret never reuses a good token."""
+    material = "\0".join((accounts_url, client_id, client_secret, refresh_token)).encode()
     return hashlib.sha256(material).hexdigest()[:32]
 
 

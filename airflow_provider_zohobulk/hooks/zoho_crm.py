@@ -224,7 +224,7 @@ class ZohoCrmHook(BaseHook):
     @cached_property
     def _cache_key(self) -> str:
         s = self.settings
-        return cache_key(s.endpoints.accounts_url, s.client_id, s.refresh_token)
+        return cache_key(s.endpoints.accounts_url, s.client_id, s.client_secret, s.refresh_token)
 
     # --- OAuth ----------------------------------------------------------------------------------
 
