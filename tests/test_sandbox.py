@@ -476,6 +476,9 @@ def test_status_faults(ready):
     third = job_details(sandbox, job_id, access)
     assert third.status_code == 401 and third.json() == scope
     assert job_details(sandbox, job_id, access).status_code == 200  # each fault fired once
+    sandbox.add_fault("status", status=401, code="OAUTH_SCOPE_MISMATCH", path_prefix="/crm/bulk")
+    assert job_details(sandbox, job_id, access).json() == {
+        "code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "oauth scope mismatch", "status": "error"}
     sandbox.add_fault("status", status=503, count=2)
     assert [job_details(sandbox, job_id, access).status_code for _ in range(3)] == [503, 503, 200]
     assert sandbox.stats()["pending_faults"] == []

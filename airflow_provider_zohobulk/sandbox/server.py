@@ -343,7 +343,16 @@ class ZohoSandbox:
             return self.now()
 
     def add_fault(self, kind: str, *, count: int = 1, path_prefix: str | None = None, **params: Any) -> None:
-        """Make the next ``count`` matching requests misbehave (see the package README for the kinds)."""
+        """Make the next ``count`` matching requests misbehave; each firing consumes one.
+
+        ``path_prefix`` limits the fault to paths starting with it. Kinds and their params:
+        ``status`` (``status``, optional ``body`` or ``code``/``message``, ``retry_after`` -> header),
+        ``reset_connection``, ``redirect`` (``location``, ``status`` 302) on any endpoint;
+        ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
+        ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
+        ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
+        ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200).
+        """
         if kind not in FAULT_ENDPOINTS:
             raise ZohoConfigurationError(f"unknown sandbox fault {kind!r}; known: {sorted(FAULT_ENDPOINTS)}")
         if kind == "redirect" and not params.get("location"):
@@ -924,8 +933,12 @@ class _Handler(BaseHTTPRequestHandler):
         params = fault.params
         if fault.kind == "status":
             status = int(params["status"])
-            body = params.get("body") or _DEFAULT_FAULT_BODIES.get(status) or _zoho_error(
-                "INTERNAL_ERROR" if status >= 500 else "INVALID_REQUEST", f"sandbox fault: HTTP {status}")
+            code = params.get("code")
+            body = (params.get("body")
+                    or (code and _zoho_error(str(code), str(params.get("message") or code.lower().replace("_", " "))))
+                    or _DEFAULT_FAULT_BODIES.get(status)
+                    or _zoho_error("INTERNAL_ERROR" if status >= 500 else "INVALID_REQUEST",
+                                   f"sandbox fault: HTTP {status}"))
             headers = {"Retry-After": str(params["retry_after"])} if params.get("retry_after") is not None else None
             self._json(status, body, headers)
             return True
