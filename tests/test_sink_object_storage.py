@@ -34,11 +34,12 @@ JOB = "4150868000004979001"
 MEMBER = "Leads-Leads.csv"
 
 
-def batches_of(rows: list[dict], file_name: str = MEMBER, size: int = 3) -> list[tuple[str, pa.RecordBatch]]:
+def batches_of(rows: list[dict], file_name: str = MEMBER, size: int = 3,
+               job_id: str = JOB) -> list[tuple[str, pa.RecordBatch]]:
     """Rows split into several canonical batches with continuing row numbers, as the core yields them."""
-    pieces = [canonical_batch(JOB, file_name, rows[start:start + size], first_row_number=start + 1)
+    pieces = [canonical_batch(job_id, file_name, rows[start:start + size], first_row_number=start + 1)
               for start in range(0, len(rows), size)]
-    return [(file_name, piece) for piece in pieces or [canonical_batch(JOB, file_name, [])]]
+    return [(file_name, piece) for piece in pieces or [canonical_batch(job_id, file_name, [])]]
 
 
 def expected_rows(pairs: list[tuple[str, pa.RecordBatch]]) -> list[dict]:

@@ -48,7 +48,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
-from airflow_provider_zohobulk.errors import SinkConfigurationError
+from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.sql import errors_to_json, json_string_literals, source_to_json
 
 PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
@@ -76,6 +76,27 @@ def check_format(format_name: str) -> str:
     if normalised not in FORMATS:
         raise SinkConfigurationError(f"unknown output format {format_name!r}; choose one of {', '.join(FORMATS)}")
     return normalised
+
+
+def conform_batch(batch: pa.RecordBatch, *, job_id: str, file_name: str, destination: str) -> pa.RecordBatch:
+    """``batch`` with exactly the canonical columns in canonical order, or a SinkError saying what differs.
+
+    Sinks check this because a batch from elsewhere (another version, a hand-built one) would otherwise
+    write a file or table of a different shape, or rows of another job, without any error.
+    """
+    if not batch.schema.equals(CANONICAL_SCHEMA):
+        missing = [name for name in CANONICAL_SCHEMA.names if name not in batch.schema.names]
+        wrong = [field.name for field in CANONICAL_SCHEMA
+                 if field.name in batch.schema.names and batch.schema.field(field.name).type != field.type]
+        if missing or wrong:
+            raise SinkError(f"batch for {destination!r} does not have the canonical layout (missing {missing}, "
+                            f"other types {wrong})", job_id=job_id, file_name=file_name)
+        batch = pa.RecordBatch.from_arrays([batch.column(name) for name in CANONICAL_SCHEMA.names],
+                                           schema=CANONICAL_SCHEMA)
+    if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), job_id)).as_py():
+        raise SinkError(f"batch for {destination!r} holds rows of another job than the one opened",
+                        job_id=job_id, file_name=file_name)
+    return batch
 
 
 def to_csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:

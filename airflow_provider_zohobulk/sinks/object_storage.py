@@ -43,10 +43,8 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import smart_open
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import ResultSink
 from airflow_provider_zohobulk.sinks.formats import (
@@ -54,6 +52,7 @@ from airflow_provider_zohobulk.sinks.formats import (
     PARQUET,
     BatchEncoder,
     check_format,
+    conform_batch,
     make_encoder,
 )
 
@@ -293,7 +292,7 @@ class _Load:
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         staged = self.by_member.get(file_name) or self._stage_member(file_name)
-        batch = _conform(batch, self.job_id, file_name, staged.uri)
+        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=staged.uri)
         try:
             staged.encoder.write(batch)
         except Exception as exc:
@@ -400,23 +399,6 @@ def _remove_quietly(path: str | None) -> None:
     if path is not None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-
-
-def _conform(batch: pa.RecordBatch, job_id: str, file_name: str, target: str) -> pa.RecordBatch:
-    """The batch in canonical column order, or a SinkError saying what does not fit."""
-    if not batch.schema.equals(CANONICAL_SCHEMA):
-        missing = [name for name in CANONICAL_SCHEMA.names if name not in batch.schema.names]
-        wrong = [f.name for f in CANONICAL_SCHEMA if f.name in batch.schema.names
-                 and batch.schema.field(f.name).type != f.type]
-        if missing or wrong:
-            raise SinkError(f"batch for {target!r} does not have the canonical layout (missing {missing}, "
-                            f"other types {wrong})", job_id=job_id, file_name=file_name)
-        batch = pa.RecordBatch.from_arrays([batch.column(name) for name in CANONICAL_SCHEMA.names],
-                                           schema=CANONICAL_SCHEMA)
-    if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), job_id)).as_py():
-        raise SinkError(f"batch for {target!r} holds rows of another job than the one opened",
-                        job_id=job_id, file_name=file_name)
-    return batch
 
 
 def _compressor(raw: BinaryIO, compression: str | None) -> BinaryIO | None:

@@ -1,0 +1,199 @@
+"""DuckDBSink against real DuckDB files: layout, replace-per-job, rollback, names, locking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
+from airflow_provider_zohobulk.sinks.base import load_batches
+from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
+from tests.helpers import canonical_batch, sample_rows
+from tests.test_sink_object_storage import JOB, batches_of, expected_rows
+
+OTHER_JOB = "4150868000004979777"
+COLUMNS = "job_id, file_name, row_number, record_id, status, errors, errors_raw, source"
+
+
+class CorruptArchive(Exception):
+    """Stands for the CRC error the unzip stage raises after a member's last byte."""
+
+
+def rows_in(database: Path, table: str = "zoho_bulk_write_results", job_id: str | None = None) -> list[dict]:
+    """The table's canonical columns as dicts, ordered as loaded (``source`` comes back as a dict)."""
+    with duckdb.connect(str(database), read_only=True) as con:
+        where = "WHERE job_id = ?" if job_id else ""
+        cursor = con.execute(f"SELECT {COLUMNS} FROM {table} {where} ORDER BY job_id, file_name DESC, row_number",
+                             [job_id] if job_id else [])
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def snapshot(database: Path, table: str = "zoho_bulk_write_results") -> list[tuple]:
+    with duckdb.connect(str(database), read_only=True) as con:
+        return con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+
+
+def failing_after(pairs, count: int):
+    yield from pairs[:count]
+    raise CorruptArchive("CRC32 mismatch at the end of the member")
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "zoho.duckdb"
+
+
+def test_first_load_creates_the_table_and_keeps_every_field(database: Path) -> None:
+    rows = sample_rows(12)
+    pairs = batches_of(rows[:7], "Leads-Leads.csv") + batches_of(rows[7:], "Contacts-Contacts.csv")
+    written = load_batches(DuckDBSink(str(database)), JOB, pairs)
+    assert written == [f"duckdb://{database}/zoho_bulk_write_results"]
+    assert rows_in(database) == expected_rows(pairs)
+    with duckdb.connect(str(database), read_only=True) as con:
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_name = 'zoho_bulk_write_results'").fetchall())
+        loaded_at = con.execute("SELECT DISTINCT loaded_at FROM zoho_bulk_write_results").fetchall()
+        key = con.execute("SELECT constraint_column_names FROM duckdb_constraints() "
+                          "WHERE constraint_type = 'PRIMARY KEY'").fetchone()
+    assert types["errors"] == "STRUCT(code VARCHAR, \"columns\" VARCHAR[])[]"
+    assert types["source"] == "MAP(VARCHAR, VARCHAR)"
+    assert types["loaded_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert len(loaded_at) == 1 and isinstance(loaded_at[0][0], datetime) and loaded_at[0][0].tzinfo is not None
+    assert key == (["job_id", "file_name", "row_number"],)
+
+
+def test_rerun_replaces_the_jobs_rows_and_other_jobs_stay(database: Path) -> None:
+    sink = DuckDBSink(str(database))
+    load_batches(sink, JOB, batches_of(sample_rows(9)))
+    other = batches_of(sample_rows(4), job_id=OTHER_JOB)
+    load_batches(sink, OTHER_JOB, other)
+    rerun = batches_of(sample_rows(5, seed=1))
+    load_batches(sink, JOB, rerun)
+    assert rows_in(database, job_id=JOB) == expected_rows(rerun)
+    assert rows_in(database, job_id=OTHER_JOB) == expected_rows(other)
+
+
+def test_failed_rerun_leaves_the_previous_rows_exactly(database: Path) -> None:
+    sink = DuckDBSink(str(database))
+    load_batches(sink, JOB, batches_of(sample_rows(9)))
+    before = snapshot(database)
+    with pytest.raises(CorruptArchive):
+        load_batches(sink, JOB, failing_after(batches_of(sample_rows(20, seed=2)), 3))
+    assert snapshot(database) == before
+
+
+def test_failed_first_load_leaves_no_table(database: Path) -> None:
+    with pytest.raises(CorruptArchive):
+        load_batches(DuckDBSink(str(database), "analytics.results"), JOB, failing_after(batches_of(sample_rows(6)), 1))
+    with duckdb.connect(str(database), read_only=True) as con:
+        tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+    assert tables == []
+
+
+def test_constraint_violation_inside_the_load_rolls_everything_back(database: Path) -> None:
+    sink = DuckDBSink(str(database))
+    load_batches(sink, JOB, batches_of(sample_rows(4)))
+    before = snapshot(database)
+    duplicate = canonical_batch(JOB, "Leads-Leads.csv", sample_rows(2))  # row numbers 1, 2 twice
+    with pytest.raises(SinkError, match="zoho_bulk_write_results") as caught:
+        load_batches(sink, JOB, [("Leads-Leads.csv", duplicate), ("Leads-Leads.csv", duplicate)])
+    assert caught.value.job_id == JOB
+    assert snapshot(database) == before
+
+
+@pytest.mark.parametrize(
+    ("table", "schema", "name"),
+    [
+        ('analytics."Zoho Results"', "analytics", "Zoho Results"),
+        ('"my.schema"."odd""name"', "my.schema", 'odd"name'),
+        ("Results", "main", "Results"),
+        ("results; DROP TABLE victim", "main", "results; DROP TABLE victim"),  # a literal, harmless name
+    ],
+)
+def test_quoted_and_schema_qualified_names(database: Path, table: str, schema: str, name: str) -> None:
+    database.parent.mkdir(parents=True)
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE victim (x INT)")
+    pairs = batches_of(sample_rows(3))
+    sink = DuckDBSink(str(database), table)
+    load_batches(sink, JOB, pairs)
+    with duckdb.connect(str(database), read_only=True) as con:
+        tables = set(con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall())
+    assert tables == {("main", "victim"), (schema, name)}
+    quoted = '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'
+    assert rows_in(database, quoted) == expected_rows(pairs)
+
+
+@pytest.mark.parametrize("table", ['x"; DROP TABLE victim; --', "a.b.c", "bad\x00name", "", 'sch."t', "a..b"])
+def test_names_outside_the_grammar_are_refused_at_parse_time(table: str) -> None:
+    with pytest.raises(SinkConfigurationError):
+        DuckDBSink("unused.duckdb", table)
+
+
+def test_rendered_name_is_checked_again_at_open(database: Path) -> None:
+    sink = DuckDBSink(str(database), "{{ params.table }}")
+    sink.table = "a.b.c"  # what a careless rendering could produce
+    with pytest.raises(SinkConfigurationError, match="more than two"):
+        sink.open(JOB)
+    assert not database.exists()
+
+
+def test_in_memory_database_loads_and_names_itself() -> None:
+    sink = DuckDBSink(":memory:", "main.results")
+    assert load_batches(sink, JOB, batches_of(sample_rows(3))) == ["duckdb:///:memory:/main.results"]
+
+
+def test_batch_of_another_job_is_refused(database: Path) -> None:
+    with pytest.raises(SinkError, match="another job"):
+        load_batches(DuckDBSink(str(database)), JOB, [("X.csv", canonical_batch(OTHER_JOB, "X.csv", sample_rows(1)))])
+
+
+def test_asset_uri_is_accepted_by_airflow(database: Path) -> None:
+    from airflow.sdk import Asset
+
+    sink = DuckDBSink(str(database), 'analytics."Zoho Results"')
+    assert sink.asset_uri == f"duckdb://{database}/analytics.%22Zoho%20Results%22"
+    # Airflow keeps it, dropping the empty host: "duckdb:/tmp/..." (the same for a user's own Asset(...)).
+    assert Asset(sink.asset_uri).uri == "duckdb:" + sink.asset_uri.removeprefix("duckdb://")
+
+
+def test_a_locked_database_is_waited_for_then_loaded(database: Path) -> None:
+    """Another process holding the file: no wait -> a clear SinkError; with a wait -> loads once released."""
+    database.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); c.execute('CREATE TABLE held (x INT)'); "
+         "print('ready', flush=True); sys.stdin.readline(); c.close()", str(database)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(SinkError, match="lock"):
+            DuckDBSink(str(database), lock_timeout=0).open(JOB)
+
+        outcome: dict[str, object] = {}
+
+        def load() -> None:
+            try:
+                outcome["written"] = load_batches(DuckDBSink(str(database), lock_timeout=120), JOB,
+                                                  batches_of(sample_rows(3)))
+            except Exception as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        loader.join(timeout=150)
+        assert outcome.get("error") is None and outcome.get("written") == [DuckDBSink(str(database)).asset_uri]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rows_in(database) == expected_rows(batches_of(sample_rows(3)))
