@@ -249,17 +249,10 @@ def test_batch_of_another_layout_or_job_is_refused(tmp_path: Path, rows: list[di
         ("/tmp/x/{filename}.csv", {}, "{filename}"),
         ("http://example.com/out.csv", {}, "unsupported scheme"),
         ("s3://bucket/out.csv", {"min_part_size": 1024}, "min_part_size"),
-        ("/tmp/x/out.parquet", {"parquet_codec": "lzo9"}, None),
+        ("/tmp/x/out.parquet", {"parquet_codec": "lzo9"}, "unknown Parquet codec 'lzo9'"),
     ],
 )
-def test_configuration_errors_are_caught_without_io(uri: str, kwargs: dict, complaint: str | None) -> None:
-    if complaint is None:  # the codec is only checked when the file is opened
-        sink = ObjectStorageSink(uri, **kwargs)
-        with pytest.raises(SinkConfigurationError, match="lzo9"):
-            sink.open(JOB)
-            sink.write(MEMBER, canonical_batch(JOB, MEMBER, []))
-        sink.abort()
-        return
+def test_configuration_errors_are_caught_without_io(uri: str, kwargs: dict, complaint: str) -> None:
     with pytest.raises(SinkConfigurationError) as caught:
         ObjectStorageSink(uri, **kwargs)
     assert complaint in str(caught.value)

@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
-from airflow_provider_zohobulk.errors import SinkConfigurationError
+from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA, read_bulk_write_result
+from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkConfigurationError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.object_storage import S3_MIN_PART_SIZE, ObjectStorageSink, _s3_client
 from tests.fixtures.s3 import S3Server
+from tests.fixtures.zips import SAMPLE_RESULT_ROWS, chunked, corrupt_crc_field, make_result_csv, zip_with_zipfile
 from tests.helpers import canonical_batch, sample_rows
 from tests.test_sink_object_storage import JOB, batches_of, decompressed, expected_rows, parse_csv, parse_jsonl
 
@@ -212,3 +213,31 @@ def test_json_lines_values_are_json_typed(moto_s3: S3Server) -> None:
     line = json.loads(get_bytes(moto_s3, bucket, "t.jsonl"))
     assert line == {"job_id": JOB, "file_name": "X.csv", "row_number": 1, "record_id": None, "status": "ADDED",
                     "errors": [], "errors_raw": None, "source": {"A": ""}}
+
+
+def test_real_archive_through_the_core_pipeline(moto_s3: S3Server) -> None:
+    """Zip bytes -> unzip -> CSV decode -> canonical rows -> one object per member, as the operator runs it."""
+    bucket = moto_s3.new_bucket("pipeline")
+    archive = zip_with_zipfile({"Leads-Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS),
+                                "Deals-Deals.csv": make_result_csv(SAMPLE_RESULT_ROWS[:2])})
+    batches = list(read_bulk_write_result(chunked(archive, 1000), job_id=JOB))
+    written = load_batches(s3_sink(moto_s3, f"s3://{bucket}/{JOB}/{{file}}.parquet"), JOB, iter(batches))
+    assert written == [f"s3://{bucket}/{JOB}/Leads-Leads.parquet", f"s3://{bucket}/{JOB}/Deals-Deals.parquet"]
+    leads = read_back(moto_s3, bucket, f"{JOB}/Leads-Leads.parquet")
+    assert leads == expected_rows([pair for pair in batches if pair[0] == "Leads-Leads.csv"])
+    # the decode stage reads an empty CSV cell as null
+    assert [row["source"]["Email"] for row in leads] == [row[1] or None for row in SAMPLE_RESULT_ROWS]
+
+
+def test_corrupt_archive_through_the_core_pipeline_publishes_nothing(moto_s3: S3Server) -> None:
+    """The CRC error comes after every row was decoded and written: the staged upload must be cancelled."""
+    bucket = moto_s3.new_bucket("crc")
+    moto_s3.client().put_object(Bucket=bucket, Key="out.csv.gz", Body=b"previous load")
+    archive = corrupt_crc_field(zip_with_zipfile({"Leads-Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS)},
+                                                 compression="stored"))
+    with pytest.raises(CorruptArchiveError):
+        load_batches(s3_sink(moto_s3, f"s3://{bucket}/out.csv.gz"), JOB,
+                     read_bulk_write_result(chunked(archive, 1000), job_id=JOB))
+    assert keys(moto_s3, bucket) == ["out.csv.gz"]
+    assert get_bytes(moto_s3, bucket, "out.csv.gz") == b"previous load"
+    assert open_uploads(moto_s3, bucket) == []

@@ -99,6 +99,13 @@ def conform_batch(batch: pa.RecordBatch, *, job_id: str, file_name: str, destina
     return batch
 
 
+def check_parquet_codec(codec: str) -> str:
+    """The codec name pyarrow expects; raises for one it cannot write."""
+    if not isinstance(codec, str) or codec.lower() not in PARQUET_CODECS:
+        raise SinkConfigurationError(f"unknown Parquet codec {codec!r}; choose one of {', '.join(PARQUET_CODECS)}")
+    return codec.lower()
+
+
 def to_csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A canonical batch in the CSV layout (:data:`CSV_SCHEMA`): ``errors`` and ``source`` as JSON text."""
     columns = [
@@ -164,9 +171,7 @@ class ParquetEncoder(BatchEncoder):
 
     def __init__(self, stream: BinaryIO, *, codec: str = "zstd") -> None:
         super().__init__(stream)
-        if codec.lower() not in PARQUET_CODECS:
-            raise SinkConfigurationError(f"unknown Parquet codec {codec!r}; choose one of {', '.join(PARQUET_CODECS)}")
-        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=codec.lower())
+        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=check_parquet_codec(codec))
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:

@@ -40,7 +40,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow as pa
 import smart_open
@@ -52,6 +52,7 @@ from airflow_provider_zohobulk.sinks.formats import (
     PARQUET,
     BatchEncoder,
     check_format,
+    check_parquet_codec,
     conform_batch,
     make_encoder,
 )
@@ -200,6 +201,7 @@ class ObjectStorageSink(ResultSink):
             raise SinkConfigurationError(
                 f"min_part_size must be at least {S3_MIN_PART_SIZE} bytes (S3's smallest part), got {min_part_size}"
             )
+        check_parquet_codec(parquet_codec)
         if not is_unrendered(uri):
             parse_destination(uri, format)
         elif format is not None:
@@ -216,7 +218,7 @@ class ObjectStorageSink(ResultSink):
     def asset_uri(self) -> str:
         if _scheme_of(self.uri) in REMOTE_SCHEMES:
             return self.uri
-        return "file://" + local_path(self.uri)
+        return "file://" + quote(local_path(self.uri), safe="/{}:")
 
     def open(self, job_id: str) -> None:
         if self._load is not None:
