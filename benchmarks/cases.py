@@ -57,7 +57,6 @@ class CaseConfig:
     work_dir: str
     access_token: str = ""
     pg_dsn: str = ""
-    profile_path: str = ""
 
     @classmethod
     def load(cls, path: Path) -> CaseConfig:
@@ -285,19 +284,12 @@ def current_rss_bytes() -> int:
 
 
 def run_case(config: CaseConfig) -> CaseResult:
-    """Set the case up, then time its ``run`` (optionally under cProfile)."""
+    """Set the case up, then time its ``run``."""
     run = CASES[config.case](config)
     rss_after_setup = current_rss_bytes()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    if config.profile_path:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        output = profiler.runcall(run)
-        profiler.dump_stats(config.profile_path)
-    else:
-        output = run()
+    output = run()
     seconds = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)

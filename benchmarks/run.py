@@ -171,17 +171,22 @@ def clear_destination(case: str, work_dir: Path, pg_dsn: str) -> None:
 # --- running ---------------------------------------------------------------------------------------
 
 
-def run_case_process(config: CaseConfig, env: dict[str, str], work_dir: Path) -> CaseResult:
-    """Run one case in a fresh interpreter; its stderr is shown when it fails."""
+def run_case_process(config: CaseConfig, env: dict[str, str], work_dir: Path,
+                     profile_path: Path | None = None) -> CaseResult:
+    """Run one case in a fresh interpreter (under py-spy when ``profile_path`` is given).
+
+    The case's stderr is shown when it fails.
+    """
     config_path = work_dir / f"{config.case}.config.json"
     result_path = work_dir / f"{config.case}.result.json"
     result_path.unlink(missing_ok=True)
     config.save(config_path)
+    command = [sys.executable, "-m", "benchmarks.cases", str(config_path), str(result_path)]
+    if profile_path is not None:
+        command = [find_py_spy(), "record", "--format", "raw", "--rate", "100", "--output", str(profile_path),
+                   "--", *command]
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "benchmarks.cases", str(config_path), str(result_path)],
-            cwd=REPO, env=env, capture_output=True, text=True, check=False,
-        )
+        completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     finally:
         config_path.unlink(missing_ok=True)  # it holds an access token
     if completed.returncode != 0 or not result_path.exists():
@@ -224,10 +229,10 @@ def run_benchmark(
                 case=case, download_url=download_url, job_id=job_id, work_dir=str(work_dir),
                 access_token=access_token if case == "naive_pandas" else "",
                 pg_dsn=pg_dsn,
-                profile_path=str(profile_dir / f"{case}.prof") if profile_dir else "",
             )
             clear_destination(case, work_dir, pg_dsn)
-            result = run_case_process(config, env, work_dir)
+            profile_path = profile_dir / f"{case}.{attempt + 1}.stacks" if profile_dir else None
+            result = run_case_process(config, env, work_dir, profile_path)
             check_destination(result, manifest, work_dir, pg_dsn)
             clear_destination(case, work_dir, pg_dsn)
             measurement = Measurement(
@@ -366,9 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default=",".join(CASE_ORDER), help="comma-separated subset of " +
                         ", ".join(CASE_ORDER))
     parser.add_argument("--profile", action="store_true",
-                        help="run each case under cProfile; prints the top functions (slower, for diagnosis)")
+                        help="sample each case with py-spy (all threads) and print where the time goes; "
+                             "implies --no-write")
     parser.add_argument("--no-write", action="store_true", help="print the table but leave results.md alone")
     args = parser.parse_args(argv)
+    if args.profile:
+        find_py_spy()  # fail before the long part
+        args.no_write = True
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     unknown = set(cases) - set(CASE_ORDER)
     if unknown:
@@ -416,13 +425,58 @@ def main(argv: list[str] | None = None) -> None:
         print(f"written to {RESULTS_PATH}")
 
 
-def print_profiles(profile_dir: Path, top: int = 25) -> None:
-    """The functions with the most own time in each profiled case."""
-    import pstats
+# --- profiling -------------------------------------------------------------------------------------
 
-    for path in sorted(profile_dir.glob("*.prof")):
-        print(f"\n## profile of {path.stem} (sorted by own time)\n")
-        pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+def find_py_spy() -> str:
+    """The py-spy executable: on PATH, or named by ``$PY_SPY``; py-spy samples every thread."""
+    found = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if not found:
+        raise SystemExit("--profile needs py-spy: `pip install py-spy` (or set PY_SPY=/path/to/py-spy)")
+    return found
+
+
+def frame_name(frame: str) -> str:
+    """``to_canonical (airflow_provider_zohobulk/bulk_result.py:203)`` -> ``to_canonical (bulk_result.py)``."""
+    function, _, location = frame.partition(" (")
+    file_name = location.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    return f"{function} ({file_name})" if file_name else function
+
+
+def summarise_stacks(path: Path, top: int = 20) -> str:
+    """Own and inclusive samples per function from py-spy's raw (collapsed) stacks.
+
+    Stacks inside imports are left out: they are set-up, which is not timed. Samples of all threads
+    are counted, so "own" columns add up to 100 % of busy samples, not of wall-clock time.
+    """
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or "_find_and_load" in stack:
+            continue
+        count = int(count_text)
+        frames = [frame_name(frame) for frame in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} busy samples (about {total / 100:.1f} CPU s in Python-visible threads)",
+             "", "| own % | inclusive % | function |", "|---:|---:|---|"]
+    shown = [name for name, _ in own.most_common(top)]
+    shown += [name for name, _ in inclusive.most_common(top) if name not in shown]
+    for name in sorted(shown, key=lambda n: (-own[n], -inclusive[n]))[:top * 2]:
+        lines.append(f"| {100 * own[name] / total:.1f} | {100 * inclusive[name] / total:.1f} | `{name}` |")
+    return "\n".join(lines)
+
+
+def print_profiles(profile_dir: Path) -> None:
+    for path in sorted(profile_dir.glob("*.stacks")):
+        print(f"\n## where {path.stem} spends its time\n")
+        print(summarise_stacks(path))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""Where the time goes: CPU seconds of each pipeline stage alone, and PostgreSQL's side of COPY.
+
+``python -m benchmarks.stages --rows 1000000``
+
+``run.py`` measures whole cases by wall clock on a shared 2-core machine, where other work shifts
+the numbers from one minute to the next. This script splits our pipeline into its stages and runs
+each one alone, in this one thread, from the cached zip on disk (no HTTP, no readahead threads),
+timing it by *CPU time* (``time.process_time``, best of ``--repeat``), which other processes on
+the machine disturb far less. Each stage's input is materialised by the previous stage first, so a
+stage's time is its own. The PostgreSQL part times COPY of pre-encoded bytes (wall clock: the
+server does the work), into the sink's table and into variants of it, to show what the server
+spends on each feature of the canonical table (JSONB parsing, the primary key).
+
+Stages that belong to a sink repeat what the sink does with its public pieces
+(``to_loadable_batch`` + ``pyarrow.csv.write_csv`` for ``SqlSink``; ``ParquetEncoder`` for the
+Parquet sink), so the numbers follow the code as it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from benchmarks.generate import ensure_result_zip
+
+__all__ = ["cpu_seconds", "main", "stage_costs"]
+
+#: Canonical columns with few distinct values, where Parquet dictionary encoding pays for itself.
+LOW_CARDINALITY_COLUMNS = ("job_id", "file_name", "status", "errors_raw")
+
+
+def file_chunks(path: Path, size: int = 1 << 16) -> Iterator[bytes]:
+    with open(path, "rb") as source:
+        yield from iter(lambda: source.read(size), b"")
+
+
+def cpu_seconds(work: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best CPU time of ``repeat`` runs of ``work`` (this process, all threads), and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.process_time()
+        result = work()
+        best = min(best, time.process_time() - started)
+    return best, result
+
+
+def wall_seconds(work: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def stage_costs(zip_path: Path, repeat: int) -> tuple[list[tuple[str, float]], list[pa.RecordBatch], list[bytes]]:
+    """CPU seconds per stage; also the canonical batches and the COPY payload, for the PostgreSQL part."""
+    from stream_unzip import stream_unzip
+
+    from airflow_provider_zohobulk.bulk_result import ResultStats, to_canonical
+    from airflow_provider_zohobulk.sinks.formats import ParquetEncoder
+    from airflow_provider_zohobulk.sinks.sql import to_loadable_batch
+    from airflow_provider_zohobulk.stream.decode import iter_csv_batches
+
+    costs: list[tuple[str, float]] = []
+
+    def unzip() -> list[bytes]:
+        return [chunk for _name, _size, member in stream_unzip(file_chunks(zip_path)) for chunk in member]
+
+    seconds, csv_chunks = cpu_seconds(unzip, repeat)
+    costs.append(("stream-unzip (deflate + CRC)", seconds))
+
+    def ceiling_decode() -> int:
+        names = [n.strip() for n in b"".join(csv_chunks[:1]).split(b"\n", 1)[0].decode("utf-8-sig").split(",")]
+        reader = pacsv.open_csv(
+            pa.BufferReader(pa.py_buffer(b"".join(csv_chunks))),
+            read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())))
+        return sum(batch.num_rows for batch in reader)
+
+    seconds, _ = cpu_seconds(ceiling_decode, repeat)
+    costs.append(("pyarrow open_csv alone (the ceiling's decoder)", seconds))
+
+    seconds, decoded = cpu_seconds(lambda: list(iter_csv_batches(iter(csv_chunks), file_name="f.csv")), repeat)
+    costs.append(("stream/decode iter_csv_batches", seconds))
+
+    def canonical() -> list[pa.RecordBatch]:
+        out, next_row = [], 1
+        for batch in decoded:
+            out.append(to_canonical(batch, job_id="1", file_name="f.csv", first_row_number=next_row))
+            next_row += batch.num_rows
+        return out
+
+    seconds, canonical_batches = cpu_seconds(canonical, repeat)
+    costs.append(("bulk_result to_canonical", seconds))
+
+    def stats() -> None:
+        counter = ResultStats()
+        for batch in canonical_batches:
+            counter.add("f.csv", batch)
+
+    costs.append(("bulk_result ResultStats.add", cpu_seconds(stats, repeat)[0]))
+
+    def parquet() -> None:
+        encoder = ParquetEncoder(io.BytesIO())
+        for batch in canonical_batches:
+            encoder.write(batch)
+        encoder.finish()
+
+    costs.append(("sinks/formats ParquetEncoder (zstd)", cpu_seconds(parquet, repeat)[0]))
+
+    def parquet_fewer_dictionaries() -> None:
+        """The candidate fix: dictionary-encode only the low-cardinality columns."""
+        import pyarrow.parquet as pq
+
+        from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+
+        writer = pq.ParquetWriter(io.BytesIO(), CANONICAL_SCHEMA, compression="zstd",
+                                  use_dictionary=list(LOW_CARDINALITY_COLUMNS))
+        for batch in canonical_batches:
+            writer.write_batch(batch)
+        writer.close()
+
+    costs.append(("  candidate: same, dictionaries only on " + ", ".join(LOW_CARDINALITY_COLUMNS),
+                  cpu_seconds(parquet_fewer_dictionaries, repeat)[0]))
+
+    def sql_encode() -> list[bytes]:
+        out = []
+        for batch in canonical_batches:
+            buffer = pa.BufferOutputStream()
+            pacsv.write_csv(to_loadable_batch(batch), buffer,
+                            pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+            out.append(buffer.getvalue().to_pybytes())
+        return out
+
+    seconds, payload = cpu_seconds(sql_encode, repeat)
+    costs.append(("sinks/sql to_loadable_batch + write_csv (client side of COPY)", seconds))
+    return costs, canonical_batches, [csv_chunks, payload]
+
+
+POSTGRES_VARIANTS = (
+    ("SqlSink's table: jsonb errors/source + PRIMARY KEY", "errors jsonb, errors_raw text, source jsonb", True),
+    ("same, without the PRIMARY KEY", "errors jsonb, errors_raw text, source jsonb", False),
+    ("json (not jsonb) columns + PRIMARY KEY", "errors json, errors_raw text, source json", True),
+    ("json (not jsonb) columns, no PRIMARY KEY", "errors json, errors_raw text, source json", False),
+    ("text instead of jsonb, no PRIMARY KEY", "errors text, errors_raw text, source text", False),
+)
+
+
+def postgres_costs(dsn: str, raw_csv: list[bytes], canonical_csv: list[bytes], repeat: int) -> list[tuple[str, float]]:
+    """Wall seconds of COPY of the same rows into the sink's table and into variants, plus raw CSV."""
+    import psycopg
+
+    results = []
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        def copy(table: str, ddl: str, payload: list[bytes], options: str) -> Callable[[], None]:
+            def work() -> None:
+                connection.execute(f"DROP TABLE IF EXISTS {table}")
+                connection.execute(ddl)
+                with connection.transaction(), connection.cursor() as cursor, \
+                        cursor.copy(f"COPY {table} FROM STDIN ({options})") as writer:
+                    for piece in payload:
+                        writer.write(piece)
+            return work
+
+        raw_ddl = "CREATE TABLE stage_raw (last_name text, email text, company text, record_id text, status text, " \
+                  "errors text)"
+        results.append(("raw CSV bytes into 6 text columns (the raw_copy case)",
+                        wall_seconds(copy("stage_raw", raw_ddl, raw_csv, "FORMAT csv, HEADER true"), repeat)))
+        for label, nested, primary_key in POSTGRES_VARIANTS:
+            ddl = ("CREATE TABLE stage_canonical (job_id text NOT NULL, file_name text NOT NULL, "
+                   f"row_number bigint NOT NULL, record_id text, status text, {nested}"
+                   + (", PRIMARY KEY (job_id, file_name, row_number))" if primary_key else ")"))
+            results.append((f"canonical rows: {label}",
+                            wall_seconds(copy("stage_canonical", ddl, canonical_csv, "FORMAT csv"), repeat)))
+        connection.execute("DROP TABLE IF EXISTS stage_raw")
+        connection.execute("DROP TABLE IF EXISTS stage_canonical")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per stage; the best is reported")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
+    args = parser.parse_args(argv)
+    zip_path, manifest = ensure_result_zip(args.rows)
+    mb = manifest.csv_bytes / 1e6
+    costs, _, (raw_csv, canonical_csv) = stage_costs(zip_path, args.repeat)
+    print(f"{manifest.rows:,} rows, {mb:,.1f} MB of CSV; CPU seconds, best of {args.repeat}, one thread\n")
+    print("| stage | CPU s | MB of CSV per CPU s |\n|---|---:|---:|")
+    for label, seconds in costs:
+        print(f"| {label} | {seconds:.2f} | {mb / seconds:,.0f} |")
+    if args.no_postgres:
+        return
+    from benchmarks.postgres import throwaway_postgres
+
+    with throwaway_postgres() as server:
+        print(f"\nPostgreSQL COPY of pre-encoded bytes ({sum(map(len, canonical_csv)) / 1e6:,.1f} MB canonical, "
+              f"{mb:,.1f} MB raw); wall seconds, best of {args.repeat}\n")
+        print("| COPY into | wall s | rows/s |\n|---|---:|---:|")
+        for label, seconds in postgres_costs(server.dsn, raw_csv, canonical_csv, args.repeat):
+            print(f"| {label} | {seconds:.2f} | {manifest.rows / seconds:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
