@@ -436,6 +436,9 @@ def find_py_spy() -> str:
     return found
 
 
+IDLE_FRAMES = frozenset({"wait (threading.py)", "Condition.wait (threading.py)", "Event.wait (threading.py)"})
+
+
 def frame_name(frame: str) -> str:
     """``to_canonical (airflow_provider_zohobulk/bulk_result.py:203)`` -> ``to_canonical (bulk_result.py)``."""
     function, _, location = frame.partition(" (")
@@ -446,8 +449,10 @@ def frame_name(frame: str) -> str:
 def summarise_stacks(path: Path, top: int = 20) -> str:
     """Own and inclusive samples per function from py-spy's raw (collapsed) stacks.
 
-    Stacks inside imports are left out: they are set-up, which is not timed. Samples of all threads
-    are counted, so "own" columns add up to 100 % of busy samples, not of wall-clock time.
+    Stacks inside imports are left out (set-up, which is not timed), and so are threads blocked on a
+    lock or queue (py-spy cannot always tell those from busy ones: a ``Queue.put`` with a timeout
+    wakes up regularly). Samples of all threads are counted, so "own" adds up to 100 % of busy
+    samples, not of wall-clock time.
     """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -458,6 +463,8 @@ def summarise_stacks(path: Path, top: int = 20) -> str:
             continue
         count = int(count_text)
         frames = [frame_name(frame) for frame in stack.split(";")]
+        if frames[-1] in IDLE_FRAMES:
+            continue
         total += count
         own[frames[-1]] += count
         for name in set(frames):
