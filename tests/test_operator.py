@@ -240,7 +240,7 @@ def test_download_url_without_job_id(sandbox_conn, tmp_path):
     assert summary["job_id"] == job_id and summary["rows"] == 7
 
 
-def test_count_mismatch_is_a_warning(sandbox_conn, tmp_path, caplog):
+def test_count_mismatch_is_a_warning(sandbox_conn, tmp_path, caplog, capsys):
     header = "Name,Email,Company,RECORD_ID,STATUS,ERRORS\n"
     job_id = sandbox_conn.create_job_from_zip(
         result_zip({"Leads-x.csv": header + "A,a@x.com,Acme,1,ADDED,\n"}),
@@ -248,19 +248,20 @@ def test_count_mismatch_is_a_warning(sandbox_conn, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         run_execute(ZohoBulkWriteResultOperator(task_id="t", job_id=job_id,
                                                 sink=DuckDBSink(str(tmp_path / "d.duckdb")), hook_kwargs=FAST_HOOK))
-    assert "differ" in caplog.text
+    assert "differ" in caplog.text + capsys.readouterr().out
 
 
-def test_progress_is_logged(sandbox_conn, tmp_path, caplog):
+def test_progress_is_logged(sandbox_conn, tmp_path, caplog, capsys):
     job_id = sandbox_conn.create_job_from_csv(leads_csv(100))
     with caplog.at_level(logging.INFO):
         run_execute(ZohoBulkWriteResultOperator(task_id="t", job_id=job_id, progress_interval=0,
                                                 sink=DuckDBSink(str(tmp_path / "d.duckdb")), hook_kwargs=FAST_HOOK))
-    assert "progress:" in caplog.text and "rows/s" in caplog.text
-    assert "done:" in caplog.text
+    text = caplog.text + capsys.readouterr().out  # the task logger writes through structlog
+    assert "progress:" in text and "rows/s" in text
+    assert "done:" in text
 
 
-def test_summary_and_logs_hold_no_secret(sandbox_conn, tmp_path, caplog):
+def test_summary_and_logs_hold_no_secret(sandbox_conn, tmp_path, caplog, capsys):
     job_id = sandbox_conn.create_job_from_csv(leads_csv(20))
     from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
@@ -269,7 +270,8 @@ def test_summary_and_logs_hold_no_secret(sandbox_conn, tmp_path, caplog):
                                                           sink=DuckDBSink(str(tmp_path / "d.duckdb")),
                                                           hook_kwargs=FAST_HOOK))
     token = ZohoCrmHook().get_access_token()
-    text = json.dumps(summary) + caplog.text
+    text = json.dumps(summary) + caplog.text + capsys.readouterr().out
+    assert "Loaded job" in text  # the logs were captured at all
     for secret in ("sandbox-client-secret", "sandbox-refresh-token", token):
         assert secret not in text
 
