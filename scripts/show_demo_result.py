@@ -9,11 +9,10 @@ from pathlib import Path
 
 def xcom_summaries(dag_id: str) -> dict[str, object]:
     """The return values of the latest run's tasks, read from Airflow's metadata database."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         run = session.scalars(
@@ -50,10 +49,13 @@ def main() -> None:
 
     database = args.output / "zoho_bulk.duckdb"
     with duckdb.connect(str(database), read_only=True) as con:
-        print(f"\n== DuckDB {database}, table zoho_bulk_write_results (first 5 rows of job {args.job_id})")
-        print(con.execute(
-            "SELECT row_number, record_id, status, errors_raw, source FROM zoho_bulk_write_results "
-            "WHERE job_id = ? ORDER BY file_name, row_number LIMIT 5", [args.job_id]).fetchdf().to_string())
+        print(f"\n== DuckDB {database}, table zoho_bulk_write_results, job {args.job_id}: "
+              "3 rows, then 3 rows with errors")
+        query = ("SELECT row_number, record_id, status, errors, source FROM zoho_bulk_write_results "
+                 "WHERE job_id = ? AND (errors_raw IS NULL) = ? ORDER BY file_name, row_number LIMIT 3")
+        for without_errors in (True, False):
+            for row in con.execute(query, [args.job_id, without_errors]).fetchall():
+                print("  ", row)
         print(con.execute("SELECT status, count(*) AS row_count FROM zoho_bulk_write_results WHERE job_id = ? "
                           "GROUP BY status ORDER BY status", [args.job_id]).fetchdf().to_string(index=False))
     for path in sorted((args.output / "bulk_write" / args.job_id).glob("*.parquet")):

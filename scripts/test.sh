@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 export PYTHONUNBUFFERED=1
-.venv/bin/ruff check airflow_provider_zohobulk dags tests benchmarks
+.venv/bin/ruff check airflow_provider_zohobulk dags tests benchmarks scripts
 exec .venv/bin/python -m pytest "$@"
