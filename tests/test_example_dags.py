@@ -23,14 +23,14 @@ def test_example_dags_import_without_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    bag = DagBag(dag_folder=str(EXAMPLES), include_examples=False)
+    bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) >= {"zoho_bulk_write_result", "zoho_bulk_write_wait_and_load",
                                 "zoho_bulk_write_downstream"}
-    trigger_form = bag.get_dag("zoho_bulk_write_result").params
+    trigger_form = bag.dags["zoho_bulk_write_result"].params
     assert "job_id" in trigger_form and "destination" in trigger_form
-    assert bag.get_dag("zoho_bulk_write_result").timetable.can_be_scheduled is False
-    waiting = bag.get_dag("zoho_bulk_write_wait_and_load")
+    assert bag.dags["zoho_bulk_write_result"].timetable.can_be_scheduled is False
+    waiting = bag.dags["zoho_bulk_write_wait_and_load"]
     assert waiting.get_task("wait_for_job").deferrable is True
     assert waiting.get_task("wait_for_job").downstream_task_ids == {"load_to_object_storage", "load_to_warehouse"}
 
