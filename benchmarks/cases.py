@@ -87,6 +87,9 @@ class CaseResult:
     rss_after_setup_bytes: int
     peak_rss_bytes: int
     output: CaseOutput
+    #: The most Arrow's memory pool held at once (0 when the case does not use pyarrow): tells how
+    #: much of the peak is Arrow buffers (batches in flight) and how much is everything else.
+    arrow_peak_bytes: int = 0
 
     @classmethod
     def load(cls, path: Path) -> CaseResult:
@@ -278,6 +281,11 @@ CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
 }
 
 
+def arrow_pool_peak() -> int:
+    pyarrow = sys.modules.get("pyarrow")
+    return int(pyarrow.default_memory_pool().max_memory() or 0) if pyarrow is not None else 0
+
+
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -297,6 +305,7 @@ def run_case(config: CaseConfig) -> CaseResult:
         case=config.case, seconds=seconds, cpu_seconds=cpu, rss_after_setup_bytes=rss_after_setup,
         peak_rss_bytes=cpu_after.ru_maxrss * 1024,  # kilobytes on Linux
         output=output,
+        arrow_peak_bytes=arrow_pool_peak(),
     )
 
 

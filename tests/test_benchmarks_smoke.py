@@ -129,6 +129,7 @@ def test_every_case_loads_exactly_the_generated_rows(generated, postgres_server,
     assert [m.case for m in measurements] == list(CASE_ORDER)
     assert all(m.rows == manifest.rows and m.csv_bytes == manifest.csv_bytes for m in measurements)
     assert all(m.peak_rss_bytes >= m.rss_after_setup_bytes > 0 for m in measurements)
+    assert all(m.arrow_peak_bytes > 0 for m in measurements if m.case == "ceiling" or m.case.startswith("ours_"))
     assert len(downloads) == len(CASE_ORDER)  # each case downloaded over HTTP, with the OAuth header
     assert all(d["authorized"] and d["status"] == 200 for d in downloads)
     assert sorted(p.name for p in work_dir.iterdir() if not p.name.endswith(".json")) == []  # cleaned up
