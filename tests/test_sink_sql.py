@@ -13,8 +13,9 @@ import pytest
 
 from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
+from airflow_provider_zohobulk.sinks.formats import errors_to_json, source_to_json
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
-from airflow_provider_zohobulk.sinks.sql import SqlSink, errors_to_json, source_to_json
+from airflow_provider_zohobulk.sinks.sql import SqlSink
 from tests.helpers import canonical_batch, sample_rows
 
 CONN_ID = "zoho_sqlite_results"

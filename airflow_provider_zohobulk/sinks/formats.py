@@ -40,6 +40,7 @@ is applied to the byte stream by the sinks, not here.
 from __future__ import annotations
 
 import abc
+import json
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -49,7 +50,6 @@ import pyarrow.parquet as pq
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.sql import errors_to_json, json_string_literals, source_to_json
 
 PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
 
@@ -67,6 +67,83 @@ CSV_SCHEMA = pa.schema(
         for field in CANONICAL_SCHEMA
     ]
 )
+
+
+# --- nested columns as JSON text ---------------------------------------------------------------------
+# Turning ``errors`` (list of structs) and ``source`` (map) into JSON is the hot spot of CSV, JSON Lines
+# and the SQL sink: ``to_pylist`` + ``json.dumps`` costs more than a PostgreSQL COPY itself. Built here
+# with Arrow kernels over the flattened children instead (quote every string, join per row by the list
+# offsets): about ten times faster on 100k rows; only strings holding rare control characters go through
+# json.dumps.
+
+_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
+_RARE_CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+_COMMON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+
+
+def json_string_literals(values: pa.Array) -> pa.StringArray:
+    """Each string as a JSON string literal; a null becomes the literal ``null``."""
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    literals = pc.binary_join_element_wise('"', values, '"', "")
+    needs_escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), False)
+    if pc.any(needs_escape).as_py():
+        originals = pc.filter(values, needs_escape)
+        escaped = originals
+        for char, escape in _COMMON_ESCAPES:
+            escaped = pc.replace_substring(escaped, char, escape)
+        rare = pc.match_substring_regex(escaped, _RARE_CONTROL_CHARS)
+        if pc.any(rare).as_py():
+            slow = [json.dumps(text, ensure_ascii=False)[1:-1] for text in pc.filter(originals, rare).to_pylist()]
+            escaped = pc.replace_with_mask(escaped, rare, pa.array(slow, pa.string()))
+        literals = pc.replace_with_mask(literals, needs_escape, pc.binary_join_element_wise('"', escaped, '"', ""))
+    return pc.fill_null(literals, "null")
+
+
+def _children(lists: pa.ListArray | pa.MapArray) -> tuple[pa.Array, slice]:
+    """Offsets rebased to 0 and the child range this (possibly sliced) array uses.
+
+    ``.values``/``.keys`` of a sliced list array are the whole unsliced child: encoding them would
+    redo the full batch for every slice.
+    """
+    offsets = lists.offsets
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    return pc.subtract(offsets, pa.scalar(start, offsets.type)), slice(start, end)
+
+
+def _join_per_row(lists: pa.ListArray | pa.MapArray, offsets: pa.Array, item_json: pa.Array, opening: str,
+                  closing: str) -> pa.Array:
+    """Join ``item_json`` per row of ``lists`` (by the rebased ``offsets``), inside brackets."""
+    grouped = pa.ListArray.from_arrays(offsets, item_json)
+    joined = pc.binary_join_element_wise(opening, pc.binary_join(grouped, ","), closing, "")
+    if lists.null_count:
+        joined = pc.if_else(lists.is_null(), pa.scalar(None, pa.string()), joined)
+    return joined
+
+
+def errors_to_json(errors: pa.ListArray) -> pa.Array:
+    """``[{"code": ..., "columns": [...]}, ...]`` per row; a null row stays null."""
+    offsets, used = _children(errors)
+    entries = errors.values[used]
+    codes = json_string_literals(pc.struct_field(entries, "code"))
+    columns = pc.struct_field(entries, "columns")
+    column_offsets, used_columns = _children(columns)
+    column_names = json_string_literals(columns.values[used_columns])
+    columns_json = pc.fill_null(_join_per_row(columns, column_offsets, column_names, "[", "]"), "null")
+    entry_json = pc.binary_join_element_wise('{"code":', codes, ',"columns":', columns_json, "}", "")
+    if entries.null_count:
+        entry_json = pc.if_else(entries.is_null(), "null", entry_json)
+    return _join_per_row(errors, offsets, entry_json, "[", "]")
+
+
+def source_to_json(source: pa.MapArray) -> pa.Array:
+    """``{"header": "value", ...}`` per row (null values stay JSON null); a null row stays null."""
+    offsets, used = _children(source)
+    # Keys are the few CSV headers repeated on every row: encode each distinct header once.
+    headers = pc.dictionary_encode(source.keys[used])
+    keys_json = pc.take(json_string_literals(headers.dictionary), headers.indices)
+    pairs = pc.binary_join_element_wise(keys_json, ":", json_string_literals(source.items[used]), "")
+    return _join_per_row(source, offsets, pairs, "{", "}")
 
 
 def check_format(format_name: str) -> str:
