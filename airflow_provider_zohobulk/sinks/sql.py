@@ -32,12 +32,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import ResultSink
-from airflow_provider_zohobulk.sinks.formats import errors_to_json, source_to_json
+from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA, conform_batch, encode_csv, to_csv_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
 if TYPE_CHECKING:
@@ -45,9 +43,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TABLE = "zoho_bulk_write_results"
 
-#: Columns loaded, in the order of the COPY / INSERT column list; ``loaded_at`` is filled by the sink.
-LOADED_COLUMNS = ("job_id", "file_name", "row_number", "record_id", "status", "errors", "errors_raw", "source")
-_JSON_COLUMNS = ("errors", "source")
+#: Columns loaded, in the order of the COPY / INSERT column list: the CSV layout of ``formats`` (nested
+#: columns as JSON text). ``loaded_at`` is not among them: PostgreSQL fills it by its column default,
+#: the DB-API path passes it as one more parameter per row.
+LOADED_COLUMNS: tuple[str, ...] = tuple(CSV_SCHEMA.names)
 _POSTGRES_CONN_TYPES = frozenset({"postgres", "postgresql"})
 
 #: Extra keys of an Airflow postgres connection that are passed to libpq as they are.
@@ -58,23 +57,8 @@ _LIBPQ_EXTRA_KEYS = frozenset({
 })
 
 
-def to_loadable_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The loaded columns in order, with ``errors`` and ``source`` as JSON text."""
-    columns = [
-        errors_to_json(batch.column("errors")) if name == "errors"
-        else source_to_json(batch.column("source")) if name == "source"
-        else batch.column(name)
-        for name in LOADED_COLUMNS
-    ]
-    return pa.RecordBatch.from_arrays(columns, names=list(LOADED_COLUMNS))
-
-
-def _encode_csv(batch: pa.RecordBatch) -> pa.Buffer:
-    """CSV for ``COPY (FORMAT csv)``: every string quoted, so ``""`` is an empty string and a bare
-    empty field is NULL, and no value can be mistaken for the ``\\.`` end marker."""
-    out = pa.BufferOutputStream()
-    pa_csv.write_csv(batch, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
-    return out.getvalue()
+#: Kept only because ``benchmarks/stages.py`` imports this name; new code uses ``formats.to_csv_batch``.
+to_loadable_batch = to_csv_batch
 
 
 # --- the sink -----------------------------------------------------------------------------------------
@@ -207,16 +191,6 @@ def _asset_uri_for(connection: Any, conn_id: str, table: str) -> str:
     return f"{conn_type or 'sql'}://{quote(conn_id, safe='')}/{quote(table, safe='')}"
 
 
-def _check_batch(batch: pa.RecordBatch, job_id: str, file_name: str, table: str) -> None:
-    missing = [name for name in LOADED_COLUMNS if name not in batch.schema.names]
-    if missing:
-        raise SinkError(f"batch for table {table!r} lacks the canonical columns {missing}",
-                        job_id=job_id, file_name=file_name)
-    if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), job_id)).as_py():
-        raise SinkError(f"batch for table {table!r} holds rows of another job than the one opened",
-                        job_id=job_id, file_name=file_name)
-
-
 def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
     for start in range(0, batch.num_rows, size):
         yield batch.slice(start, size)
@@ -297,10 +271,12 @@ class _PostgresLoad:
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         assert self.copy is not None
-        _check_batch(batch, self.job_id, file_name, self.table)
+        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=self.table)
         try:
             for piece in _slices(batch, self.batch_rows):
-                self.copy.write(memoryview(_encode_csv(to_loadable_batch(piece))))
+                # Every string is quoted, so for COPY (FORMAT csv) "" is an empty string and a bare empty
+                # field is NULL, and no value can be mistaken for the \. end marker.
+                self.copy.write(memoryview(encode_csv(piece, include_header=False)))
         except Exception as exc:
             raise _failure(self.table, self.job_id, "copying rows into PostgreSQL", exc, self.secret,
                            file_name) from exc
@@ -380,11 +356,11 @@ class _DbApiLoad:
                            self.secret) from exc
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        _check_batch(batch, self.job_id, file_name, self.table)
+        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=self.table)
         try:
             cursor = self.connection.cursor()
             for piece in _slices(batch, self.batch_rows):
-                loadable = to_loadable_batch(piece)
+                loadable = to_csv_batch(piece)
                 values: list[list[Any]] = [loadable.column(name).to_pylist() for name in LOADED_COLUMNS]
                 values.append([self.loaded_at] * loadable.num_rows)
                 cursor.executemany(self.insert_sql, list(zip(*values, strict=True)))
