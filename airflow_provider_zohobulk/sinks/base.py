@@ -17,6 +17,8 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+from airflow_provider_zohobulk.errors import SinkError
+
 
 class ResultSink(abc.ABC):
     """A destination for canonical Bulk Write result batches (see ``bulk_result.CANONICAL_SCHEMA``)."""
@@ -47,6 +49,74 @@ class ResultSink(abc.ABC):
     @abc.abstractmethod
     def asset_uri(self) -> str:
         """A stable URI naming the destination, used for the Airflow Asset and lineage."""
+
+
+
+class StagedLoad(abc.ABC):
+    """The state of one open..commit/abort cycle: a connection and transaction, or staged uploads.
+
+    Kept apart from the sink because the sink is built at DAG-parse time and rendered by Airflow,
+    while this holds what exists only during one load (connections, temporary files); a sink
+    creates a fresh one per :meth:`ResultSink.open` and drops it at commit or abort.
+    """
+
+    @abc.abstractmethod
+    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
+        """Stage one canonical batch from CSV member ``file_name`` (see :meth:`ResultSink.write`)."""
+
+    @abc.abstractmethod
+    def commit(self) -> list[str] | None:
+        """Make everything visible; the locations written, or None when that is just the sink's asset URI.
+
+        On failure it must leave the destination as it was (aborting itself) and raise a SinkError.
+        """
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything staged. Never raises."""
+
+
+class StagedSink(ResultSink):
+    """A sink whose loads are :class:`StagedLoad` objects: the open/write/commit/abort bookkeeping, once.
+
+    A subclass says how a load starts (:meth:`_start_load`) and how the sink is named in messages
+    (:meth:`_describe`). One sink object runs one load at a time; a second ``open`` before commit or
+    abort is refused instead of silently dropping the first load's staged rows.
+    """
+
+    #: The load between open and commit/abort; None otherwise.
+    _load: StagedLoad | None = None
+
+    @abc.abstractmethod
+    def _start_load(self, job_id: str) -> StagedLoad:
+        """Check the rendered settings and start a load of ``job_id`` (connect, begin); raise a SinkError
+        after cleaning up if that fails."""
+
+    @abc.abstractmethod
+    def _describe(self) -> str:
+        """The sink and its destination for error messages, e.g. ``DuckDBSink for table 'results'``."""
+
+    def open(self, job_id: str) -> None:
+        if self._load is not None:
+            raise SinkError(f"{self._describe()} is already loading a job", job_id=job_id)
+        self._load = self._start_load(job_id)
+
+    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
+        if self._load is None:
+            raise SinkError(f"{self._describe()} got rows before open()", file_name=file_name)
+        self._load.write(file_name, batch)
+
+    def commit(self) -> list[str]:
+        if self._load is None:
+            raise SinkError(f"{self._describe()} committed before open()")
+        load, self._load = self._load, None
+        written = load.commit()
+        return [self.asset_uri] if written is None else written
+
+    def abort(self) -> None:
+        load, self._load = self._load, None
+        if load is not None:
+            load.abort()
 
 
 def load_batches(

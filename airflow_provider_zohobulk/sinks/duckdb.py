@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import ResultSink
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
 from airflow_provider_zohobulk.sinks.formats import conform_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
@@ -54,7 +54,7 @@ _COLUMN_TYPES: dict[str, str] = {
 assert list(_COLUMN_TYPES)[:-1] == CANONICAL_SCHEMA.names  # the table follows the canonical layout
 
 
-class DuckDBSink(ResultSink):
+class DuckDBSink(StagedSink):
     """Load canonical rows into ``table`` of the DuckDB file ``database`` (created when missing).
 
     ``table`` is ``table`` or ``schema.table`` (a part may be double-quoted to hold a dot); every part
@@ -78,38 +78,21 @@ class DuckDBSink(ResultSink):
         self.database = database
         self.table = table
         self.lock_timeout = lock_timeout
-        self._load: _DuckDBLoad | None = None
 
     @property
     def asset_uri(self) -> str:
         path = IN_MEMORY if self.database == IN_MEMORY else os.path.abspath(os.path.expanduser(self.database))
         return f"duckdb://{quote('/' + path.lstrip('/'), safe='/:')}/{quote(self.table, safe='')}"
 
-    def open(self, job_id: str) -> None:
-        if self._load is not None:
-            raise SinkError(f"DuckDBSink for table {self.table!r} is already loading a job", job_id=job_id)
+    def _describe(self) -> str:
+        return f"DuckDBSink for table {self.table!r}"
+
+    def _start_load(self, job_id: str) -> _DuckDBLoad:
         _check_database(self.database)  # the rendered values may differ from those checked at parse time
         split_table_name(self.table)
         load = _DuckDBLoad(self.database, self.table, job_id, self.lock_timeout)
         load.start()
-        self._load = load
-
-    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        if self._load is None:
-            raise SinkError(f"DuckDBSink for table {self.table!r} got rows before open()", file_name=file_name)
-        self._load.write(file_name, batch)
-
-    def commit(self) -> list[str]:
-        if self._load is None:
-            raise SinkError(f"DuckDBSink for table {self.table!r} committed before open()")
-        load, self._load = self._load, None
-        load.commit()
-        return [self.asset_uri]
-
-    def abort(self) -> None:
-        load, self._load = self._load, None
-        if load is not None:
-            load.abort()
+        return load
 
 
 def _check_database(database: str) -> None:
@@ -119,7 +102,7 @@ def _check_database(database: str) -> None:
         raise SinkConfigurationError(f"DuckDB database path {database!r} contains NUL")
 
 
-class _DuckDBLoad:
+class _DuckDBLoad(StagedLoad):
     """One load on its own DuckDB connection, inside one transaction from start to commit/abort."""
 
     def __init__(self, database: str, table: str, job_id: str, lock_timeout: float) -> None:

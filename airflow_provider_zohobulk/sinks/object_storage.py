@@ -46,7 +46,7 @@ import pyarrow as pa
 import smart_open
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import ResultSink
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
 from airflow_provider_zohobulk.sinks.formats import (
     FORMAT_BY_EXTENSION,
     PARQUET,
@@ -165,7 +165,7 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-class ObjectStorageSink(ResultSink):
+class ObjectStorageSink(StagedSink):
     """Write canonical rows to ``uri`` as Parquet, CSV or JSON Lines; visible only after :meth:`commit`.
 
     ``uri``: ``s3://bucket/key``, ``gs://bucket/name``, ``azure://container/blob``, ``file:///path``
@@ -212,7 +212,6 @@ class ObjectStorageSink(ResultSink):
         self.transport_params = dict(transport_params or {})
         self.min_part_size = min_part_size
         self.parquet_codec = parquet_codec
-        self._load: _Load | None = None
 
     @property
     def asset_uri(self) -> str:
@@ -220,29 +219,14 @@ class ObjectStorageSink(ResultSink):
             return self.uri
         return "file://" + quote(local_path(self.uri), safe="/{}:")
 
-    def open(self, job_id: str) -> None:
-        if self._load is not None:
-            raise SinkError(f"ObjectStorageSink for {self.uri!r} is already loading a job", job_id=job_id)
+    def _describe(self) -> str:
+        return f"ObjectStorageSink for {self.uri!r}"
+
+    def _start_load(self, job_id: str) -> _Load:
         destination = parse_destination(self.uri, self.format)
         if destination.compression == ".zst":
             _require_zstandard(self.uri)
-        self._load = _Load(self, destination, job_id, self._resolve_transport_params(destination))
-
-    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        if self._load is None:
-            raise SinkError(f"ObjectStorageSink for {self.uri!r} got rows before open()", file_name=file_name)
-        self._load.write(file_name, batch)
-
-    def commit(self) -> list[str]:
-        if self._load is None:
-            raise SinkError(f"ObjectStorageSink for {self.uri!r} committed before open()")
-        load, self._load = self._load, None
-        return load.commit()
-
-    def abort(self) -> None:
-        load, self._load = self._load, None
-        if load is not None:
-            load.abort()
+        return _Load(self, destination, job_id, self._resolve_transport_params(destination))
 
     def _resolve_transport_params(self, destination: Destination) -> dict[str, Any]:
         params = dict(self.transport_params)
@@ -278,7 +262,7 @@ class _StagedObject:
     final_path: str | None = None
 
 
-class _Load:
+class _Load(StagedLoad):
     """The state of one open..commit/abort cycle of an :class:`ObjectStorageSink`."""
 
     def __init__(self, sink: ObjectStorageSink, destination: Destination, job_id: str,

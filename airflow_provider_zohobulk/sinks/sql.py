@@ -34,7 +34,7 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import ResultSink
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
 from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA, conform_batch, encode_csv, to_csv_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
@@ -64,7 +64,7 @@ to_loadable_batch = to_csv_batch
 # --- the sink -----------------------------------------------------------------------------------------
 
 
-class SqlSink(ResultSink):
+class SqlSink(StagedSink):
     """Load canonical rows into ``table`` of the Airflow SQL connection ``conn_id``.
 
     ``table`` is ``table`` or ``schema.table`` (a part may be double-quoted to hold a dot); it is
@@ -90,7 +90,6 @@ class SqlSink(ResultSink):
         self.conn_id = conn_id
         self.table = table
         self.batch_rows = batch_rows
-        self._load: _PostgresLoad | _DbApiLoad | None = None
         self._asset_uri: str | None = None
 
     @property
@@ -99,9 +98,10 @@ class SqlSink(ResultSink):
             self._asset_uri = _asset_uri_for(_get_airflow_connection(self.conn_id), self.conn_id, self.table)
         return self._asset_uri
 
-    def open(self, job_id: str) -> None:
-        if self._load is not None:
-            raise SinkError(f"SqlSink for table {self.table!r} is already loading a job", job_id=job_id)
+    def _describe(self) -> str:
+        return f"SqlSink for table {self.table!r}"
+
+    def _start_load(self, job_id: str) -> _PostgresLoad | _DbApiLoad:
         split_table_name(self.table)  # the rendered name may differ from the one checked at parse time
         connection = _get_airflow_connection(self.conn_id)
         self._asset_uri = _asset_uri_for(connection, self.conn_id, self.table)
@@ -113,24 +113,7 @@ class SqlSink(ResultSink):
             load = _DbApiLoad(_get_dbapi_hook(connection, self.conn_id), connection.conn_type or "", self.table,
                               job_id, self.batch_rows, secret=connection.password)
         load.start()
-        self._load = load
-
-    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        if self._load is None:
-            raise SinkError(f"SqlSink for table {self.table!r} got rows before open()", file_name=file_name)
-        self._load.write(file_name, batch)
-
-    def commit(self) -> list[str]:
-        if self._load is None:
-            raise SinkError(f"SqlSink for table {self.table!r} committed before open()")
-        load, self._load = self._load, None
-        load.commit()
-        return [self.asset_uri]
-
-    def abort(self) -> None:
-        load, self._load = self._load, None
-        if load is not None:
-            load.abort()
+        return load
 
 
 def _is_templated(text: str) -> bool:
@@ -209,7 +192,7 @@ def _failure(table: str, job_id: str, action: str, exc: BaseException, secret: s
 # --- PostgreSQL: DELETE + COPY in one transaction ---------------------------------------------------------
 
 
-class _PostgresLoad:
+class _PostgresLoad(StagedLoad):
     """One load into PostgreSQL on its own psycopg 3 connection."""
 
     def __init__(self, params: dict[str, Any], table: str, job_id: str, batch_rows: int, *,
@@ -306,7 +289,7 @@ class _PostgresLoad:
 # --- any DB-API connection: DELETE + executemany INSERT in one transaction ------------------------------
 
 
-class _DbApiLoad:
+class _DbApiLoad(StagedLoad):
     """One load through an Airflow common-sql hook's DB-API connection."""
 
     def __init__(self, hook: Any, conn_type: str, table: str, job_id: str, batch_rows: int, *,
