@@ -1,6 +1,6 @@
 """The benchmark cases, each run alone in a fresh process: ``python -m benchmarks.cases CONFIG RESULT``.
 
-Why a process per case: peak memory (``ru_maxrss``) is per process, so only a fresh process tells
+Why a process per case: peak memory (``VmHWM``) is per process, so only a fresh process tells
 what one way of loading costs; and imports stay per case too (the naive case never imports Airflow,
 the ceiling never imports a sink), so the baseline each one pays is its own.
 
@@ -286,6 +286,20 @@ def arrow_pool_peak() -> int:
     return int(pyarrow.default_memory_pool().max_memory() or 0) if pyarrow is not None else 0
 
 
+def peak_rss_bytes() -> int:
+    """This process's own high-water RSS (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark over ``fork`` + ``execve`` into
+    the child's ``ru_maxrss`` (measured: every case "peaked" at the runner's size), while ``VmHWM``
+    belongs to the address space the case itself built.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -303,7 +317,7 @@ def run_case(config: CaseConfig) -> CaseResult:
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return CaseResult(
         case=config.case, seconds=seconds, cpu_seconds=cpu, rss_after_setup_bytes=rss_after_setup,
-        peak_rss_bytes=cpu_after.ru_maxrss * 1024,  # kilobytes on Linux
+        peak_rss_bytes=peak_rss_bytes(),
         output=output,
         arrow_peak_bytes=arrow_pool_peak(),
     )

@@ -10,7 +10,8 @@ per status are compared with the generator's manifest: a case that loses or inve
 run instead of posting a fast time. Destinations are then removed, so a full run needs little disk.
 
 Throughput is uncompressed CSV bytes (and data rows) per second of wall-clock time from the first
-HTTP request to the commit. Peak memory is the case process's ``ru_maxrss``, which includes what the
+HTTP request to the commit. Peak memory is the case process's own high-water RSS (``VmHWM``; not
+``ru_maxrss``, which Linux carries over from the runner across fork + exec), and includes what the
 interpreter and the imports cost (reported separately as "RSS after setup").
 """
 
