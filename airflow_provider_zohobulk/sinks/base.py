@@ -12,6 +12,7 @@ is passed to an operator, so a sink's location can use Jinja (``{{ params.job_id
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -117,6 +118,27 @@ class StagedSink(ResultSink):
         load, self._load = self._load, None
         if load is not None:
             load.abort()
+
+
+def is_templated(text: str) -> bool:
+    """True while ``text`` still holds Jinja (``{{ params.table }}``): at DAG-parse time such a setting
+    can only be checked once Airflow rendered it, in ``open``."""
+    return "{{" in text or "{%" in text
+
+
+def describe_exception(exc: BaseException, *, secret: str | None = None) -> str:
+    """``Type: message`` of an underlying error, for a SinkError's message; ``secret`` blanked out,
+    because database drivers may echo a connection string, password included."""
+    detail = f"{type(exc).__name__}: {exc}".strip()
+    return detail.replace(secret, "***") if secret else detail
+
+
+def unwind_as_failed(scope: contextlib.ExitStack, job_id: str) -> None:
+    """Exit ``scope`` as if an exception were raised, so that what it holds cancels instead of
+    finishing (a smart-open upload is discarded, a psycopg COPY is failed); never raises."""
+    cancelled = SinkError("load aborted", job_id=job_id)
+    with contextlib.suppress(BaseException):
+        scope.__exit__(SinkError, cancelled, None)
 
 
 def load_batches(

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception
 from airflow_provider_zohobulk.sinks.formats import conform_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
@@ -194,5 +194,5 @@ class _DuckDBLoad(StagedLoad):
     def _failure(self, action: str, exc: BaseException, file_name: str | None = None) -> SinkError:
         return SinkError(
             f"{action} DuckDB table {self.table!r} in {self.database!r} failed, nothing was changed: "
-            f"{type(exc).__name__}: {exc}",
+            f"{describe_exception(exc)}",
             job_id=self.job_id, file_name=file_name)

@@ -46,7 +46,13 @@ import pyarrow as pa
 import smart_open
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
+from airflow_provider_zohobulk.sinks.base import (
+    StagedLoad,
+    StagedSink,
+    describe_exception,
+    is_templated,
+    unwind_as_failed,
+)
 from airflow_provider_zohobulk.sinks.formats import (
     FORMAT_BY_EXTENSION,
     PARQUET,
@@ -97,11 +103,6 @@ def member_stem(member_name: str) -> str:
     base = PurePosixPath(member_name.replace("\\", "/")).name
     stem = base[: -len(".csv")] if base.lower().endswith(".csv") else base
     return stem if stem not in ("", ".", "..") else "result"
-
-
-def is_unrendered(uri: str) -> bool:
-    """True while the URI still holds Jinja (at DAG-parse time); full checks then wait for ``open``."""
-    return "{{" in uri or "{%" in uri
 
 
 def parse_destination(uri: str, format_name: str | None) -> Destination:
@@ -202,7 +203,7 @@ class ObjectStorageSink(StagedSink):
                 f"min_part_size must be at least {S3_MIN_PART_SIZE} bytes (S3's smallest part), got {min_part_size}"
             )
         check_parquet_codec(parquet_codec)
-        if not is_unrendered(uri):
+        if not is_templated(uri):
             parse_destination(uri, format)
         elif format is not None:
             check_format(format)
@@ -282,7 +283,7 @@ class _Load(StagedLoad):
         try:
             staged.encoder.write(batch)
         except Exception as exc:
-            raise SinkError(f"writing to {staged.uri!r} failed: {_describe(exc)}",
+            raise SinkError(f"writing to {staged.uri!r} failed: {describe_exception(exc)}",
                             job_id=self.job_id, file_name=file_name) from exc
 
     def _stage_member(self, file_name: str) -> _StagedObject:
@@ -325,11 +326,11 @@ class _Load(StagedLoad):
             encoder = make_encoder(self.destination.format, stream, parquet_codec=self.parquet_codec)
             scope.callback(encoder.finish)
         except Exception as exc:
-            _exit_with_error(scope, self.job_id)
+            unwind_as_failed(scope, self.job_id)
             _remove_quietly(temp_path)
             if isinstance(exc, SinkError):
                 raise
-            raise SinkError(f"opening {target!r} for writing failed: {_describe(exc)}",
+            raise SinkError(f"opening {target!r} for writing failed: {describe_exception(exc)}",
                             job_id=self.job_id, file_name=file_name) from exc
         staged = _StagedObject(target, scope, encoder, temp_path, final_path)
         self.staged.append(staged)
@@ -357,7 +358,7 @@ class _Load(StagedLoad):
         except Exception as exc:
             self.abort()
             outcome = f"already published: {published}" if published else "nothing was published"
-            raise SinkError(f"committing {current!r} failed ({outcome}): {_describe(exc)}",
+            raise SinkError(f"committing {current!r} failed ({outcome}): {describe_exception(exc)}",
                             job_id=self.job_id) from exc
         self.guard.detach()
         return [staged.uri for staged in self.staged]
@@ -369,16 +370,9 @@ class _Load(StagedLoad):
 def _discard_all(staged_objects: list[_StagedObject], job_id: str) -> None:
     """Cancel every staged upload and delete every temporary file; never raises."""
     for staged in staged_objects:
-        _exit_with_error(staged.scope, job_id)
+        unwind_as_failed(staged.scope, job_id)
         _remove_quietly(staged.temp_path)
         staged.temp_path = None
-
-
-def _exit_with_error(scope: contextlib.ExitStack, job_id: str) -> None:
-    """Unwind ``scope`` as if an exception were raised: smart-open writers cancel their uploads."""
-    cancelled = SinkError("load aborted", job_id=job_id)
-    with contextlib.suppress(BaseException):
-        scope.__exit__(SinkError, cancelled, None)
 
 
 def _remove_quietly(path: str | None) -> None:
@@ -410,10 +404,6 @@ def _require_zstandard(uri: str) -> None:
         raise SinkConfigurationError(
             f"{uri!r} ends in .zst, which needs the zstandard package: pip install 'airflow-provider-zohobulk[zstd]'"
         ) from exc
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()
 
 
 # --- credentials from Airflow connections (imported only when used) ----------------------------------

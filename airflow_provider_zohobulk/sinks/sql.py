@@ -34,7 +34,13 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink
+from airflow_provider_zohobulk.sinks.base import (
+    StagedLoad,
+    StagedSink,
+    describe_exception,
+    is_templated,
+    unwind_as_failed,
+)
 from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA, conform_batch, encode_csv, to_csv_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
@@ -85,7 +91,7 @@ class SqlSink(StagedSink):
             raise SinkConfigurationError("SqlSink needs an Airflow connection id")
         if batch_rows < 1:
             raise SinkConfigurationError(f"batch_rows must be at least 1, got {batch_rows}")
-        if not _is_templated(table):
+        if not is_templated(table):
             split_table_name(table)
         self.conn_id = conn_id
         self.table = table
@@ -114,11 +120,6 @@ class SqlSink(StagedSink):
                               job_id, self.batch_rows, secret=connection.password)
         load.start()
         return load
-
-
-def _is_templated(text: str) -> bool:
-    """A Jinja template (``{{ params.schema }}.results``) can only be checked once Airflow rendered it."""
-    return "{{" in text or "{%" in text
 
 
 def _get_airflow_connection(conn_id: str) -> Any:
@@ -174,6 +175,17 @@ def _asset_uri_for(connection: Any, conn_id: str, table: str) -> str:
     return f"{conn_type or 'sql'}://{quote(conn_id, safe='')}/{quote(table, safe='')}"
 
 
+def _rollback_and_close(connection: Any) -> None:
+    """Roll back and close a DB-API connection, if any; closing alone also rolls back if the rollback
+    fails. Never raises: it runs while another error is on its way up."""
+    if connection is None:
+        return
+    with contextlib.suppress(Exception):
+        connection.rollback()
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
 def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
     for start in range(0, batch.num_rows, size):
         yield batch.slice(start, size)
@@ -182,10 +194,7 @@ def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
 def _failure(table: str, job_id: str, action: str, exc: BaseException, secret: str | None,
              file_name: str | None = None) -> SinkError:
     """A SinkError naming table and job; the original error text with any password blanked out."""
-    detail = f"{type(exc).__name__}: {exc}".strip()
-    if secret:
-        detail = detail.replace(secret, "***")
-    return SinkError(f"{action} table {table!r} failed, nothing was changed: {detail}",
+    return SinkError(f"{action} table {table!r} failed, nothing was changed: {describe_exception(exc, secret=secret)}",
                      job_id=job_id, file_name=file_name)
 
 
@@ -275,15 +284,9 @@ class _PostgresLoad(StagedLoad):
         self.connection.close()
 
     def abort(self) -> None:
-        """Cancel the COPY, roll back, close; closing alone also rolls back if the rest fails."""
-        with contextlib.suppress(Exception):
-            cancelled = SinkError("load aborted", job_id=self.job_id)
-            self.copy_scope.__exit__(SinkError, cancelled, None)
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.rollback()
-            with contextlib.suppress(Exception):
-                self.connection.close()
+        """Cancel the COPY, roll back, close."""
+        unwind_as_failed(self.copy_scope, self.job_id)
+        _rollback_and_close(self.connection)
 
 
 # --- any DB-API connection: DELETE + executemany INSERT in one transaction ------------------------------
@@ -363,8 +366,4 @@ class _DbApiLoad(StagedLoad):
             self.connection.close()  # committed already; a failing close changes nothing
 
     def abort(self) -> None:
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.rollback()
-            with contextlib.suppress(Exception):
-                self.connection.close()
+        _rollback_and_close(self.connection)
