@@ -95,7 +95,7 @@ def test_running_job_has_no_counts_or_url():
 def test_failed_resource_is_raised_with_zoho_code():
     job = {"status": "COMPLETED", "resource": [{"status": "FAILED", "code": "INVALID_DATA", "message": "bad file",
                                                 "module": {"api_name": "Deals"}, "file": {"name": "d.csv"}}]}
-    with pytest.raises(BulkJobFailedError, match="Deals.*bad file") as info:
+    with pytest.raises(BulkJobFailedError, match=r"Deals.*bad file") as info:
         bulk_job.raise_if_failed(job, "77")
     assert info.value.code == "INVALID_DATA"
     assert "job 77" in str(info.value)
