@@ -10,14 +10,19 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# pip here is configured with local wheel folders that do not all exist: drop its noise about them.
+quiet_pip() {
+  .venv/bin/python -m pip "$@" 2>&1 | { grep -v -e 'is ignored: it is neither a file nor a directory' \
+    -e 'BuildBackendWarning' || true; }
+  return "${PIPESTATUS[0]}"
+}
 stamp=".venv/.installed-${extras}-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "== installing airflow-provider-zohobulk[${extras}] into .venv (first run takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   if [ "$extras" = "test" ]; then
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    quiet_pip install --quiet -e ".[test]"
   else
-    .venv/bin/python -m pip install --quiet -e .
+    quiet_pip install --quiet -e .
   fi
   rm -f .venv/.installed-"${extras}"-*
   touch "$stamp"
