@@ -1,0 +1,37 @@
+"""Registration with Airflow: the provider, its hook, its connection form and its extra link."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_providers_manager_knows_the_connection_type():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-provider-zohobulk" in manager.providers
+    hook = manager.hooks["zoho_crm"]
+    assert hook.hook_class_name == "airflow_provider_zohobulk.hooks.zoho_crm.ZohoCrmHook"
+    assert hook.connection_id_attribute_name == "zoho_conn_id"
+    assert "airflow_provider_zohobulk.links.ZohoBulkWriteJobLink" in manager.extra_links_class_names
+
+
+def test_connection_form_declares_the_zoho_fields():
+    from airflow_provider_zohobulk.get_provider_info import get_provider_info
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    fields = conn_type["conn-fields"]
+    assert {"refresh_token", "data_center", "org_id", "accounts_url", "api_domain", "download_hosts"} <= set(fields)
+    assert fields["refresh_token"]["schema"]["format"] == "password"  # rendered and stored as a secret
+    assert "eu" in fields["data_center"]["schema"]["enum"]
+    assert conn_type["ui-field-behaviour"]["relabeling"] == {"login": "Client ID", "password": "Client Secret"}
+
+
+def test_airflow_cli_lists_the_hook():
+    airflow = Path(sys.executable).parent / "airflow"
+    result = subprocess.run([str(airflow), "providers", "hooks"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("zoho_crm"))
+    assert "ZohoCrmHook" in line and "airflow-provider-zohobulk" in line
