@@ -347,3 +347,23 @@ def test_operator_construction_does_no_io_and_checks_arguments():
         ZohoBulkWriteResultOperator(task_id="t", sink=DuckDBSink("x.duckdb"))
     with pytest.raises(Exception, match="ResultSink"):
         ZohoBulkWriteResultOperator(task_id="t", job_id="1", sink="s3://not-a-sink")
+
+
+@pytest.mark.airflow_e2e
+def test_variable_token_cache_is_shared_across_machines(airflow_db, zoho_sandbox, monkeypatch, tmp_path):
+    conn = zoho_sandbox.airflow_connection()
+    conn["extra"]["token_cache"] = "variable"
+    monkeypatch.setenv("AIRFLOW_CONN_ZOHO_CRM_DEFAULT", json.dumps(conn))
+    monkeypatch.setenv("ZOHOBULK_TOKEN_CACHE_DIR", str(tmp_path / "machine-1"))
+    state, states, xcoms = run_dag(load_dag_module().variable_cache_dag,
+                                   {"second_cache_dir": str(tmp_path / "machine-2")})
+    assert state == "success", states
+    assert xcoms["two_machines_share_a_token"] == {"same_token": True}
+    assert zoho_sandbox.stats()["tokens_minted"] == 1
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        keys = [v.key for v in session.scalars(select(Variable).where(Variable.key.like("zohobulk_token_%")))]
+    assert keys and all("sandbox" not in key for key in keys)

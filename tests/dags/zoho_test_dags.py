@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator
 from airflow_provider_zohobulk.sensors.bulk_write import ZohoBulkWriteJobSensor
@@ -24,3 +24,21 @@ with DAG("zoho_test_wait", schedule=None, params={"job_id": "", "database": ""})
                                        sink=DuckDBSink(database="{{ params.database }}"),
                                        wait_for_completion=True, deferrable=True, poll_interval=0.5,
                                        wait_timeout=60, hook_kwargs=FAST_HOOK)
+
+with DAG("zoho_test_variable_cache", schedule=None, params={"second_cache_dir": ""}) as variable_cache_dag:
+
+    @task
+    def two_machines_share_a_token(params=None) -> dict:
+        """Two 'machines' (separate local caches) in one task: the second must find the first's token."""
+        import os
+
+        from airflow_provider_zohobulk.hooks import token_cache
+        from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+        first = ZohoCrmHook().get_access_token()
+        token_cache._caches.clear()
+        os.environ["ZOHOBULK_TOKEN_CACHE_DIR"] = params["second_cache_dir"]
+        second = ZohoCrmHook().get_access_token()
+        return {"same_token": first == second}
+
+    two_machines_share_a_token()
