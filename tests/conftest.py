@@ -21,4 +21,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.postgres",
     "tests.fixtures.airflow_env",
+    "tests.fixtures.running_airflow",
 ]
