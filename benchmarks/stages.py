@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 
 from benchmarks.generate import ensure_result_zip
 
-__all__ = ["cpu_seconds", "main", "stage_costs"]
+__all__ = ["cpu_seconds", "main", "postgres_costs", "stage_costs"]
 
 #: Canonical columns with few distinct values, where Parquet dictionary encoding pays for itself.
 LOW_CARDINALITY_COLUMNS = ("job_id", "file_name", "status", "errors_raw")
@@ -155,8 +155,13 @@ POSTGRES_VARIANTS = (
 )
 
 
-def postgres_costs(dsn: str, raw_csv: list[bytes], canonical_csv: list[bytes], repeat: int) -> list[tuple[str, float]]:
-    """Wall seconds of COPY of the same rows into the sink's table and into variants, plus raw CSV."""
+def postgres_costs(
+    dsn: str, raw_csv: list[bytes], canonical_csv: list[bytes], repeat: int, *, expected_rows: int
+) -> list[tuple[str, float]]:
+    """Wall seconds of COPY of the same rows into the sink's table and into variants, plus raw CSV.
+
+    Every COPY must load ``expected_rows`` rows (checked), so a variant cannot look fast by loading less.
+    """
     import psycopg
 
     results = []
@@ -165,10 +170,12 @@ def postgres_costs(dsn: str, raw_csv: list[bytes], canonical_csv: list[bytes], r
             def work() -> None:
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
                 connection.execute(ddl)
-                with connection.transaction(), connection.cursor() as cursor, \
-                        cursor.copy(f"COPY {table} FROM STDIN ({options})") as writer:
-                    for piece in payload:
-                        writer.write(piece)
+                with connection.transaction(), connection.cursor() as cursor:
+                    with cursor.copy(f"COPY {table} FROM STDIN ({options})") as writer:
+                        for piece in payload:
+                            writer.write(piece)
+                    if cursor.rowcount != expected_rows:
+                        raise RuntimeError(f"COPY into {table} loaded {cursor.rowcount} rows, not {expected_rows}")
             return work
 
         raw_ddl = "CREATE TABLE stage_raw (last_name text, email text, company text, record_id text, status text, " \
@@ -207,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nPostgreSQL COPY of pre-encoded bytes ({sum(map(len, canonical_csv)) / 1e6:,.1f} MB canonical, "
               f"{mb:,.1f} MB raw); wall seconds, best of {args.repeat}\n")
         print("| COPY into | wall s | rows/s |\n|---|---:|---:|")
-        for label, seconds in postgres_costs(server.dsn, raw_csv, canonical_csv, args.repeat):
+        for label, seconds in postgres_costs(server.dsn, raw_csv, canonical_csv, args.repeat,
+                                             expected_rows=manifest.rows):
             print(f"| {label} | {seconds:.2f} | {manifest.rows / seconds:,.0f} |")
 
 

@@ -29,6 +29,7 @@ from benchmarks.run import (
     render_markdown,
     run_benchmark,
 )
+from benchmarks.stages import POSTGRES_VARIANTS, postgres_costs, stage_costs
 
 ROWS = 4_000
 
@@ -140,3 +141,20 @@ def test_every_case_loads_exactly_the_generated_rows(generated, postgres_server,
     assert "ours_parquet / ceiling throughput" in markdown
     assert "ours_postgres / raw_copy throughput" in markdown
     assert f"{manifest.rows:,} rows" in markdown
+
+
+@pytest.mark.postgres
+def test_stage_breakdown_runs_every_stage_on_the_whole_input(generated, postgres_server):
+    zip_path, manifest = generated
+    costs, canonical_batches, (raw_csv, canonical_csv) = stage_costs(zip_path, repeat=1)
+
+    labels = [label for label, _ in costs]
+    assert any("ParquetEncoder" in label for label in labels) and any("to_canonical" in label for label in labels)
+    assert all(seconds >= 0 for _, seconds in costs)
+    assert sum(batch.num_rows for batch in canonical_batches) == manifest.rows
+    assert sum(map(len, raw_csv)) == manifest.csv_bytes  # the unzip stage saw the whole CSV
+    # Every COPY variant loads every row (postgres_costs raises otherwise), raw and canonical.
+    timings = postgres_costs(postgres_server.dsn, raw_csv, canonical_csv, repeat=1, expected_rows=manifest.rows)
+    assert len(timings) == 1 + len(POSTGRES_VARIANTS)
+    with pytest.raises(RuntimeError, match=f"not {manifest.rows + 1}"):
+        postgres_costs(postgres_server.dsn, raw_csv, canonical_csv, repeat=1, expected_rows=manifest.rows + 1)
