@@ -350,7 +350,7 @@ def serve_from_sandbox(zip_path: Path, env: dict[str, str]) -> Iterator[tuple[st
 
     Adds the sandbox's Airflow connection to ``env``.
     """
-    from airflow_provider_zohobulk.sandbox.server import ZohoSandbox
+    from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
     with ZohoSandbox() as sandbox:
         job_id = sandbox.create_job_from_zip(zip_path)

@@ -107,7 +107,7 @@ def test_a_destination_that_disagrees_with_the_input_fails_the_run(generated, tm
 @pytest.mark.slow
 def test_every_case_loads_exactly_the_generated_rows(generated, postgres_server, tmp_path, monkeypatch):
     from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
-    from airflow_provider_zohobulk.sandbox.server import ZohoSandbox
+    from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
     zip_path, manifest = generated
     work_dir = tmp_path / "work"
