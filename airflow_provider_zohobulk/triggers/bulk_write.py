@@ -3,7 +3,8 @@
 The polling call is the hook's own :meth:`~ZohoCrmHook.get_bulk_write_job`, run in a worker thread
 so the triggerer's event loop never blocks. Reusing it means the trigger follows exactly the same
 token cache, retry and error rules as every other call, instead of a second async client that could
-drift from the first.
+drift from the first. The hook is imported at module level, never inside ``run()``: an import there
+would block the triggerer's event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.errors import ZohoBulkError
+from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
 
 class ZohoBulkWriteJobTrigger(BaseTrigger):
@@ -43,8 +45,6 @@ class ZohoBulkWriteJobTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
-
         hook = ZohoCrmHook(self.zoho_conn_id, **self.hook_kwargs)
         while True:
             try:
