@@ -40,16 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def asset_for(sink: ResultSink) -> Asset | None:
-    """The Asset a sink's destination stands for, stable across runs.
-
-    A location that still holds a template (``{{ params.job_id }}``) or the ``{file}`` placeholder
-    is cut back to the folder before the first such part, so every run updates the same Asset.
-    """
-    uri = sink.asset_uri
-    cut = min((i for i in (uri.find("{{"), uri.find("{")) if i >= 0), default=-1)
-    if cut >= 0:
-        uri = uri[:cut].rsplit("/", 1)[0] + "/"
-    if "://" not in uri:
+    """The Asset a sink's destination stands for, stable across runs (see ``parse_time_asset_uri``)."""
+    uri = sink.parse_time_asset_uri()
+    if uri is None:
         return None
     try:
         return Asset(uri=uri)

@@ -51,6 +51,27 @@ class ResultSink(abc.ABC):
     def asset_uri(self) -> str:
         """A stable URI naming the destination, used for the Airflow Asset and lineage."""
 
+    def parse_time_asset_uri(self) -> str | None:
+        """The destination's URI as a DAG file can know it: without I/O, before templates are rendered.
+
+        Operators declare their Asset outlets when the DAG is parsed, so this must not open
+        connections. A location that still holds Jinja is cut back to its fixed prefix (the folder
+        before the first template), so every run updates the same Asset; ``None`` when nothing
+        stable is left. Sinks whose URI needs a connection lookup return ``None``.
+        """
+        raw = {name: str(getattr(self, name, "") or "") for name in self.template_fields}
+        templated = [name for name, value in raw.items() if is_templated(value)]
+        if not templated:
+            uri = self.asset_uri
+        elif templated == ["uri"]:
+            uri = raw["uri"]
+        else:
+            return None
+        cut = min((i for i in (uri.find("{{"), uri.find("{%"), uri.find("{")) if i >= 0), default=-1)
+        if cut >= 0:
+            uri = uri[:cut].rsplit("/", 1)[0] + "/"
+        return uri if "://" in uri and not uri.endswith(":///") else None
+
 
 
 class StagedLoad(abc.ABC):

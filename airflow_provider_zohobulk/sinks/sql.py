@@ -104,6 +104,10 @@ class SqlSink(StagedSink):
             self._asset_uri = _asset_uri_for(_get_airflow_connection(self.conn_id), self.conn_id, self.table)
         return self._asset_uri
 
+    def parse_time_asset_uri(self) -> str | None:
+        """None: this URI needs the connection (host, database), which a DAG file must not look up."""
+        return None
+
     def _describe(self) -> str:
         return f"SqlSink for table {self.table!r}"
 
