@@ -349,6 +349,14 @@ def test_assets_are_stable_prefixes():
     assert asset_for(sink).uri == "s3://lake/zoho/bulk_write"
     op = ZohoBulkWriteResultOperator(task_id="t", job_id="1", sink=sink)
     assert [a.uri for a in op.outlets] == ["s3://lake/zoho/bulk_write"]
+    assert asset_for(ObjectStorageSink("s3://lake/zoho/{file}.csv.gz")).uri == "s3://lake/zoho"
+    assert asset_for(DuckDBSink("/data/w.duckdb", "t")).uri.endswith("/data/w.duckdb/t")
+    # nothing stable before the template, or a location that needs a connection: no Asset
+    assert asset_for(ObjectStorageSink("{{ params.destination }}/x/{file}.parquet")) is None
+    assert asset_for(DuckDBSink("{{ params.database }}")) is None
+    from airflow_provider_zohobulk.sinks import SqlSink
+
+    assert asset_for(SqlSink("no_such_connection_at_parse_time", "t")) is None
 
 
 def test_lineage_names_job_and_destination(monkeypatch, zoho_sandbox):
