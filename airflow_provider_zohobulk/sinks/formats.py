@@ -243,12 +243,26 @@ class BatchEncoder(abc.ABC):
         """Write the format's ending (Parquet footer, a CSV header if no row came); the stream stays open."""
 
 
+#: Parquet columns (leaf paths) worth a dictionary: values repeated across rows. Dictionary-encoding the
+#: unique ones (record ids, mapped values such as e-mails) cost a third of the encoder's CPU for a
+#: larger file (13.3 MB instead of 16.1 MB per million rows with this list).
+PARQUET_DICTIONARY_COLUMNS: tuple[str, ...] = (
+    "job_id", "file_name", "status", "errors_raw",
+    "errors.list.element.code", "errors.list.element.columns.list.element", "source.key_value.key",
+)
+#: Columns whose min/max statistics can prune a read; those of unique text (record ids, mapped values)
+#: cannot, and computing them costs about a tenth of the encoder's CPU.
+PARQUET_STATISTICS_COLUMNS: tuple[str, ...] = ("job_id", "file_name", "row_number", "status")
+
+
 class ParquetEncoder(BatchEncoder):
     """Parquet with the canonical schema; one row group per incoming batch."""
 
     def __init__(self, stream: BinaryIO, *, codec: str = "zstd") -> None:
         super().__init__(stream)
-        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=check_parquet_codec(codec))
+        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=check_parquet_codec(codec),
+                                       use_dictionary=list(PARQUET_DICTIONARY_COLUMNS),
+                                       write_statistics=list(PARQUET_STATISTICS_COLUMNS))
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
