@@ -405,9 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         }
         os.environ.update(own_env)  # before anything imports Airflow
         env = {**os.environ}
-        from benchmarks.postgres import throwaway_postgres
+        from tests.fixtures.postgres import throwaway_postgres
 
-        with throwaway_postgres() as postgres, serve_from_sandbox(zip_path, env) as (job_id, url):
+        with (
+            throwaway_postgres(dbname="zohobulk_bench", synchronous_commit=False) as postgres,
+            serve_from_sandbox(zip_path, env) as (job_id, url),
+        ):
             env.update(postgres.airflow_conn_env(PG_CONN_ID))
             import psycopg
 

@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {label} | {seconds:.2f} | {mb / seconds:,.0f} |")
     if args.no_postgres:
         return
-    from benchmarks.postgres import throwaway_postgres
+    from tests.fixtures.postgres import throwaway_postgres
 
-    with throwaway_postgres() as server:
+    with throwaway_postgres(dbname="zohobulk_bench", synchronous_commit=False) as server:
         print(f"\nPostgreSQL COPY of pre-encoded bytes ({sum(map(len, canonical_csv)) / 1e6:,.1f} MB canonical, "
               f"{mb:,.1f} MB raw); wall seconds, best of {args.repeat}\n")
         print("| COPY into | wall s | rows/s |\n|---|---:|---:|")
