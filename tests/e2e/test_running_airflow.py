@@ -102,26 +102,28 @@ def test_deferred_sensor_then_parallel_loads_then_downstream_dag(running_airflow
     assert parquet_files, f"no Parquet files under {airflow.output_dir}/lake/bulk_write/{job_id}"
     assert sum(pq.ParquetFile(path).metadata.num_rows for path in parquet_files) == ROWS
 
-    # The Asset event names this job and created the downstream DAG's run.
-    events = airflow.api("GET", "/assets/events", params={
-        "source_dag_id": DAG_ID, "source_run_id": run_id, "source_task_id": "load_to_object_storage"})
-    assert len(events["asset_events"]) == 1, events
-    event = events["asset_events"][0]
+    # The Asset event names this job and created the downstream DAG's run. Airflow 3.3.2's
+    # GET /assets/events answers 500 while a run it created has not started (start_date null fails
+    # its response model), so wait for the downstream run to finish before reading the event.
+    def finished_downstream_runs() -> list[dict[str, Any]]:
+        runs = airflow.api("GET", f"/dags/{DOWNSTREAM_DAG_ID}/dagRuns")["dag_runs"]
+        return [run for run in runs if run["run_type"] == "asset_triggered" and run["state"] in ("success", "failed")]
+    downstream_runs = airflow.wait_for("the Asset event to trigger a downstream run", finished_downstream_runs,
+                                       timeout=120)
+    events = airflow.wait_for("the Asset event", lambda: airflow.api("GET", "/assets/events", params={
+        "source_dag_id": DAG_ID, "source_run_id": run_id, "source_task_id": "load_to_object_storage"}
+                                                                    )["asset_events"], timeout=30)
+    assert len(events) == 1, events
+    event = events[0]
     assert event["uri"].rstrip("/") == f"file://{airflow.output_dir}/lake/bulk_write"  # Airflow drops the "/"
     assert event["extra"]["job_id"] == job_id
     assert event["extra"]["rows"] == ROWS
-    downstream_runs = airflow.wait_for(
-        "the Asset event to create a downstream run",
-        lambda: airflow.api("GET", "/assets/events", params={"source_run_id": run_id,
-                                                            "source_dag_id": DAG_ID})["asset_events"][0][
-            "created_dagruns"], timeout=60)
-    downstream = [r for r in downstream_runs if r["dag_id"] == DOWNSTREAM_DAG_ID]
-    assert len(downstream) == 1, downstream_runs
-    downstream_run_id = downstream[0]["run_id"]
-    finished = airflow.wait_for_run(DOWNSTREAM_DAG_ID, downstream_run_id, timeout=120)
-    assert finished["state"] == "success", airflow.failure_report(DOWNSTREAM_DAG_ID, downstream_run_id)
-    assert finished["run_type"] == "asset_triggered"
+    created = [r["run_id"] for r in event["created_dagruns"] if r["dag_id"] == DOWNSTREAM_DAG_ID]
+    assert len(created) == 1, event["created_dagruns"]
+    downstream = next((run for run in downstream_runs if run["dag_run_id"] == created[0]), None)
+    assert downstream is not None, (created, downstream_runs)
+    assert downstream["state"] == "success", airflow.failure_report(DOWNSTREAM_DAG_ID, created[0])
     reported = airflow.api(
-        "GET", f"/dags/{DOWNSTREAM_DAG_ID}/dagRuns/{downstream_run_id}/taskInstances/report/xcomEntries/return_value",
+        "GET", f"/dags/{DOWNSTREAM_DAG_ID}/dagRuns/{created[0]}/taskInstances/report/xcomEntries/return_value",
         params={"deserialize": "true"})["value"]
     assert any(job_id in str(location) for location in reported), reported
