@@ -127,3 +127,9 @@ def test_deferred_sensor_then_parallel_loads_then_downstream_dag(running_airflow
         "GET", f"/dags/{DOWNSTREAM_DAG_ID}/dagRuns/{created[0]}/taskInstances/report/xcomEntries/return_value",
         params={"deserialize": "true"})["value"]
     assert any(job_id in str(location) for location in reported), reported
+
+    # Nothing the connection holds secret reached any log: four processes' and every task's.
+    logs = "".join(path.read_text(errors="replace") for path in airflow.log_dir.rglob("*.log"))
+    assert logs, f"no logs under {airflow.log_dir}"
+    for secret in (sandbox.client_secret, sandbox.refresh_token):
+        assert secret not in logs
