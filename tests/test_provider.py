@@ -9,10 +9,11 @@ from pathlib import Path
 
 def test_providers_manager_knows_the_connection_type():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-zohobulk" in manager.providers
-    hook = manager.hooks["zoho_crm"]
+    hook = ProvidersManagerTaskRuntime().hooks["zoho_crm"]
     assert hook.hook_class_name == "airflow_provider_zohobulk.hooks.zoho_crm.ZohoCrmHook"
     assert hook.connection_id_attribute_name == "zoho_conn_id"
     assert "airflow_provider_zohobulk.links.ZohoBulkWriteJobLink" in manager.extra_links_class_names
