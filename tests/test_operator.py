@@ -395,3 +395,41 @@ def test_variable_token_cache_is_shared_across_machines(airflow_db, zoho_sandbox
     with create_session() as session:
         keys = [v.key for v in session.scalars(select(Variable).where(Variable.key.like("zohobulk_token_%")))]
     assert keys and all("sandbox" not in key for key in keys)
+
+
+def test_deferred_waits_hand_timeout_and_interval_to_airflow(sandbox_conn, tmp_path):
+    """Airflow enforces a deferral's timeout; what must be right is what the task hands it."""
+    from datetime import timedelta
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    sandbox_conn.configure(job_step_seconds=10**6)
+    job_id = sandbox_conn.create_job_from_csv(leads_csv(5))
+    sensor = ZohoBulkWriteJobSensor(task_id="s", job_id=job_id, deferrable=True, poke_interval=7, timeout=90,
+                                    hook_kwargs=FAST_HOOK)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    assert deferred.value.timeout == timedelta(seconds=90)
+    assert deferred.value.method_name == "execute_complete"
+    assert deferred.value.trigger.poll_interval == 7 and deferred.value.trigger.job_id == job_id
+
+    op = ZohoBulkWriteResultOperator(task_id="t", job_id=job_id, sink=DuckDBSink(str(tmp_path / "d.duckdb")),
+                                     wait_for_completion=True, deferrable=True, poll_interval=11, wait_timeout=120,
+                                     hook_kwargs=FAST_HOOK)
+    with pytest.raises(TaskDeferred) as deferred:
+        run_execute(op)
+    assert deferred.value.timeout == timedelta(seconds=120)
+    assert deferred.value.trigger.poll_interval == 11
+    assert not (tmp_path / "d.duckdb").exists()  # nothing loaded while waiting
+
+
+def test_polling_wait_gives_up_at_its_timeout(sandbox_conn, tmp_path):
+    sandbox_conn.configure(job_step_seconds=10**6)
+    job_id = sandbox_conn.create_job_from_csv(leads_csv(5))
+    op = ZohoBulkWriteResultOperator(task_id="t", job_id=job_id, sink=DuckDBSink(str(tmp_path / "d.duckdb")),
+                                     wait_for_completion=True, deferrable=False, poll_interval=0.2, wait_timeout=1,
+                                     hook_kwargs=FAST_HOOK)
+    with pytest.raises(BulkJobNotCompleteError, match="after waiting 1s"):
+        run_execute(op)
+    polls = [r for r in sandbox_conn.stats()["requests"] if r["path"].endswith(f"/write/{job_id}")]
+    assert 3 <= len(polls) <= 8  # every 0.2 s for about a second, then it stops
