@@ -56,8 +56,9 @@ def main() -> None:
         for without_errors in (True, False):
             for row in con.execute(query, [args.job_id, without_errors]).fetchall():
                 print("  ", row)
-        print(con.execute("SELECT status, count(*) AS row_count FROM zoho_bulk_write_results WHERE job_id = ? "
-                          "GROUP BY status ORDER BY status", [args.job_id]).fetchdf().to_string(index=False))
+        print("   rows per status:", dict(con.execute(
+            "SELECT status, count(*) FROM zoho_bulk_write_results WHERE job_id = ? GROUP BY status ORDER BY status",
+            [args.job_id]).fetchall()))
     for path in sorted((args.output / "bulk_write" / args.job_id).glob("*.parquet")):
         table = pq.read_table(path)
         print(f"\n== Parquet {path} ({table.num_rows} rows); first 3:")
