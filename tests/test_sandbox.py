@@ -336,6 +336,7 @@ def test_unknown_job_is_resource_not_found(zoho_sandbox):
 
 def test_result_zip_follows_the_upload(zoho_sandbox):
     access = token(zoho_sandbox)
+    zoho_sandbox.configure(seeded_failure_share=0)  # exact statuses: no random INVALID_DATA
     job_id = zoho_sandbox.create_job_from_csv(TRICKY_CSV)
     response = download(zoho_sandbox, job_id, access)
     assert response.headers["Content-Type"] == "application/octet-stream"
@@ -378,6 +379,7 @@ def test_generated_leads_match_their_counts(zoho_sandbox):
 
 def test_field_mappings_choose_the_result_columns(zoho_sandbox):
     access = token(zoho_sandbox)
+    zoho_sandbox.configure(seeded_failure_share=0)  # exact statuses: no random INVALID_DATA
     data = b"Phone;Company;Email;Last_Name\r\n1;Acme;a@x.com;Able\r\n2;Beta;b@x.com;Baker\r\n"
     mappings = [{"api_name": "Last_Name", "index": 3}, {"api_name": "Company", "index": 1},
                 {"api_name": "Phone", "index": 0}, {"api_name": "Email", "index": 2}]
@@ -390,6 +392,7 @@ def test_field_mappings_choose_the_result_columns(zoho_sandbox):
 
 def test_upsert_updates_records_of_an_earlier_job(zoho_sandbox):
     access = token(zoho_sandbox)
+    zoho_sandbox.configure(seeded_failure_share=0)  # exact statuses: no random INVALID_DATA
     first = zoho_sandbox.create_job_from_csv(b"Last_Name,Email,Company\r\nA,a@x.com,Acme\r\nB,b@x.com,Acme\r\n")
     _, inserted = result_rows(download(zoho_sandbox, first, access).content)
     second = zoho_sandbox.create_job_from_csv(b"Last_Name,Email,Company\r\nA2,a@x.com,Acme\r\nC,c@x.com,Acme\r\n",
@@ -691,3 +694,18 @@ def test_cli_and_attach(tmp_path):
     assert "GET /crm/bulk/v8/write/" in stderr
     for secret in (*SECRETS, access):
         assert secret not in stderr
+
+
+def test_seeded_failures_can_be_switched_off(zoho_sandbox):
+    access = token(zoho_sandbox)
+    with pytest.raises(ZohoConfigurationError, match="seeded_failure_share"):
+        zoho_sandbox.configure(seeded_failure_share=1.5)
+    zoho_sandbox.configure(seeded_failure_share=0)
+    job_id = zoho_sandbox.create_job_from_csv(sample_leads_csv(1000))
+    _, rows = result_rows(download(zoho_sandbox, job_id, access).content)
+    assert not any("INVALID_DATA" in r["ERRORS"] for r in rows)
+    assert any(r["STATUS"] == "SKIPPED" for r in rows)  # the earned failures stay
+    zoho_sandbox.configure(seeded_failure_share=1)
+    job_id = zoho_sandbox.create_job_from_csv(sample_leads_csv(200))
+    _, rows = result_rows(download(zoho_sandbox, job_id, access).content)
+    assert all(r["STATUS"] == "SKIPPED" and "INVALID_DATA" in r["ERRORS"] for r in rows)

@@ -108,6 +108,7 @@ class SandboxOptions:
     expired_link_status: int = 400
     upload_limit_bytes: int = 25 * 1024 * 1024
     org_id: str = "sandbox-org"
+    seeded_failure_share: float = results.SEEDED_INVALID_SHARE  # 0 makes every result follow from the upload alone
 
     def validate(self) -> None:
         if self.token_response_style not in TOKEN_RESPONSE_STYLES:
@@ -118,6 +119,9 @@ class SandboxOptions:
             raise ZohoConfigurationError(
                 f"sandbox in_progress_spelling must be one of {IN_PROGRESS_SPELLINGS}, "
                 f"not {self.in_progress_spelling!r}")
+        if not 0.0 <= self.seeded_failure_share <= 1.0:
+            raise ZohoConfigurationError(
+                f"sandbox seeded_failure_share must be between 0 and 1, not {self.seeded_failure_share!r}")
 
 
 @dataclass
@@ -416,7 +420,7 @@ class ZohoSandbox:
                 plan = results.ResultPlan(module, operation, upload, indexes, api_names, resource.get("find_by"))
                 built = results.build_result(
                     plan, job_id, new_record_id=self._new_id, find_record=self._find_record,
-                    remember_record=self._remember_record)
+                    remember_record=self._remember_record, seeded_failure_share=self.options.seeded_failure_share)
                 members.append((built.member_name, built.csv_bytes))
                 mappings = [{"api_name": name, "index": index, "format": None, "find_by": None, "module": None,
                              "default_value": None} for index, name in zip(indexes, api_names, strict=True)]
