@@ -36,3 +36,19 @@ def test_airflow_cli_lists_the_hook():
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("zoho_crm"))
     assert "ZohoCrmHook" in line and "airflow-provider-zohobulk" in line
+
+
+def test_parsing_a_dag_does_not_import_the_sinks_clients():
+    """A DAG file importing the operator and one sink pays for that sink's client only: smart-open (with
+    boto3), duckdb and psycopg are imported when a load needs them, not when the scheduler parses DAGs."""
+    code = (
+        "import sys\n"
+        "from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator\n"
+        "from airflow_provider_zohobulk.sinks import ObjectStorageSink\n"
+        "ObjectStorageSink('s3://bucket/{file}.parquet')\n"
+        "print(sorted(m for m in ('smart_open', 'boto3', 'duckdb', 'psycopg') if m in sys.modules))\n"
+        "from airflow_provider_zohobulk.sinks import DuckDBSink\n"
+        "print('duckdb' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split("\n")[:2] == ["[]", "True"]

@@ -43,7 +43,6 @@ from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow as pa
-import smart_open
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import (
@@ -316,6 +315,8 @@ class _Load(StagedLoad):
                 # forward to the builtin open for a local path.
                 raw: BinaryIO = scope.enter_context(open(temp_path, "xb"))  # noqa: SIM115
             else:
+                import smart_open  # here, not at the top: with boto3 installed it costs ~40 MB and 1 s to import
+
                 raw = scope.enter_context(
                     smart_open.open(target, "wb", compression="disable", transport_params=self.transport_params))
             stream = raw
