@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
@@ -273,3 +276,17 @@ def test_an_error_in_a_background_stage_arrives_with_its_traceback_and_no_thread
     assert caught.value.job_id == "4150868000005350003"
     assert any(entry.name == "checked_chunks" for entry in caught.traceback)
     assert readahead_threads() == []
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_system_memory_pool_unless_the_user_chose_one(chosen, expected):
+    """Run in a fresh interpreter: the default pool is process-wide, and Arrow reads the variable once."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    code = ("import pyarrow as pa\n"
+            "from airflow_provider_zohobulk.bulk_result import use_system_memory_pool\n"
+            "print(use_system_memory_pool(), pa.default_memory_pool().backend_name)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.split() == [expected, expected]

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -116,9 +117,11 @@ def test_dag_loads_files_and_duckdb_with_a_summary(airflow_db, sandbox_conn, tmp
     claimed = ZohoCrmHook(**FAST_HOOK).get_bulk_write_job(job_id)["resource"][0]["file"]
     database = tmp_path / "warehouse.duckdb"
     uri = f"file://{tmp_path}/lake/{job_id}/{{file}}.parquet"
+    pa.set_memory_pool(pa.mimalloc_memory_pool())  # pyarrow's own default, which the operator replaces
     state, states, xcoms = run_dag(load_dag_module().load_dag,
                                    {"job_id": job_id, "uri": uri, "database": str(database)})
     assert state == "success", states
+    assert pa.default_memory_pool().backend_name == "system"
     files_summary, duck_summary = xcoms["to_files"], xcoms["to_duckdb"]
     for summary in (files_summary, duck_summary):
         assert summary["job_id"] == job_id
