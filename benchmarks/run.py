@@ -438,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def find_py_spy() -> str:
     """The py-spy executable: on PATH, or named by ``$PY_SPY``; py-spy samples every thread."""
-    found = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    found = (os.environ.get("PY_SPY") or shutil.which("py-spy")
+             or shutil.which("py-spy", path=str(Path(sys.executable).parent)))  # the venv's, when not activated
     if not found:
         raise SystemExit("--profile needs py-spy: `pip install py-spy` (or set PY_SPY=/path/to/py-spy)")
     return found

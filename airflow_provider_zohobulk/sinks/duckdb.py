@@ -53,7 +53,7 @@ _QUEUE_DEPTH = 2
 #: How often a blocked hand-off looks whether the INSERT thread died (seconds).
 _HANDOFF_POLL_S = 0.1
 #: DuckDB's buffer pool during a load into a file: written blocks are evicted to the file beyond it.
-_LOAD_MEMORY_LIMIT = "128MB"
+_LOAD_MEMORY_LIMIT = "64MB"
 
 _COLUMN_TYPES: dict[str, str] = {
     "job_id": "VARCHAR NOT NULL",
