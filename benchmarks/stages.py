@@ -152,6 +152,10 @@ POSTGRES_VARIANTS = (
     ("json (not jsonb) columns + PRIMARY KEY", "errors json, errors_raw text, source json", True),
     ("json (not jsonb) columns, no PRIMARY KEY", "errors json, errors_raw text, source json", False),
     ("text instead of jsonb, no PRIMARY KEY", "errors text, errors_raw text, source text", False),
+    ('jsonb + PRIMARY KEY, key columns COLLATE "C"', "errors jsonb, errors_raw text, source jsonb", "C"),
+    ("jsonb, index on job_id only", "errors jsonb, errors_raw text, source jsonb", "index"),
+    ("json, index on job_id only", "errors json, errors_raw text, source json", "index"),
+    ("json, BRIN index on job_id", "errors json, errors_raw text, source json", "brin"),
 )
 
 
@@ -183,9 +187,12 @@ def postgres_costs(
         results.append(("raw CSV bytes into 6 text columns (the raw_copy case)",
                         wall_seconds(copy("stage_raw", raw_ddl, raw_csv, "FORMAT csv, HEADER true"), repeat)))
         for label, nested, primary_key in POSTGRES_VARIANTS:
-            ddl = ("CREATE TABLE stage_canonical (job_id text NOT NULL, file_name text NOT NULL, "
+            collate = ' COLLATE "C"' if primary_key == "C" else ""
+            ddl = (f"CREATE TABLE stage_canonical (job_id text{collate} NOT NULL, file_name text{collate} NOT NULL, "
                    f"row_number bigint NOT NULL, record_id text, status text, {nested}"
-                   + (", PRIMARY KEY (job_id, file_name, row_number))" if primary_key else ")"))
+                   + (", PRIMARY KEY (job_id, file_name, row_number))" if primary_key in (True, "C") else ")")
+                   + {"index": "; CREATE INDEX ON stage_canonical (job_id)",
+                      "brin": "; CREATE INDEX ON stage_canonical USING brin (job_id)"}.get(str(primary_key), ""))
             results.append((f"canonical rows: {label}",
                             wall_seconds(copy("stage_canonical", ddl, canonical_csv, "FORMAT csv"), repeat)))
         connection.execute("DROP TABLE IF EXISTS stage_raw")
