@@ -40,7 +40,7 @@ __all__ = [
     "parse_errors",
     "read_bulk_write_result",
     "to_canonical",
-    "use_system_memory_pool",
+    "use_lean_memory_pool",
 ]
 
 ERROR_TYPE = pa.struct([("code", pa.string()), ("columns", pa.list_(pa.string()))])
@@ -226,18 +226,23 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
     )
 
 
-def use_system_memory_pool() -> str:
-    """Make the system allocator Arrow's default for the rest of this process, unless the user chose a
-    pool with ``ARROW_DEFAULT_MEMORY_POOL``; returns the backend in use.
+def use_lean_memory_pool() -> str:
+    """Make jemalloc (the system allocator where pyarrow lacks it) Arrow's default for the rest of this
+    process, unless the user chose a pool with ``ARROW_DEFAULT_MEMORY_POOL``; returns the backend in use.
 
     pyarrow's default allocator, mimalloc, keeps freed blocks in a heap per thread, and the pipeline
-    allocates from three (unzip, decode, sink): in the benchmark ~50 MB of freed memory stayed resident
-    (peak 300 MB against 247 MB with the system allocator or jemalloc), at no measurable difference in
-    speed. Which allocator a process uses is the application's choice, so the core never calls this
-    by itself: the operator does, because an Airflow task process runs the one load.
+    allocates from three (unzip, decode, sink): loading a million rows to Parquet peaked ~60 MB higher
+    with it than with jemalloc (~20 MB higher with the system allocator), at no measurable difference
+    in speed (``benchmarks/results.md``). Which allocator a process uses is the application's choice,
+    so the core never calls this by itself: the operator does, because an Airflow task process runs
+    the one load.
     """
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
+        try:
+            pool = pa.jemalloc_memory_pool()
+        except NotImplementedError:  # a pyarrow build without jemalloc (macOS, Windows wheels)
+            pool = pa.system_memory_pool()
+        pa.set_memory_pool(pool)
     return pa.default_memory_pool().backend_name
 
 

@@ -170,11 +170,11 @@ def ceiling(config: CaseConfig) -> Callable[[], CaseOutput]:
 
 def ours(config: CaseConfig, make_sink: Callable[[], Any]) -> Callable[[], CaseOutput]:
     """The provider's pipeline, driven the way ``ZohoBulkWriteResultOperator`` drives it."""
-    from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_system_memory_pool
+    from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_lean_memory_pool
     from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
     from airflow_provider_zohobulk.sinks.base import load_batches
 
-    use_system_memory_pool()  # as the operator does
+    use_lean_memory_pool()  # as the operator does
     hook = ZohoCrmHook(ZOHO_CONN_ID)
     sink = make_sink()
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import Asset, BaseOperator, conf
 
 from airflow_provider_zohobulk import bulk_job
-from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_system_memory_pool
+from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_lean_memory_pool
 from airflow_provider_zohobulk.errors import (
     BulkJobNotCompleteError,
     DownloadLinkExpiredError,
@@ -203,7 +203,7 @@ class ZohoBulkWriteResultOperator(BaseOperator):
             skipped.append(name)
             self.log.info("Skipping non-CSV member %r of the result (%d bytes)", name, size)
 
-        use_system_memory_pool()
+        use_lean_memory_pool()
         with self.hook.stream_download(url, job_id=job_id) as download:
             progress = Progress(self.log, interval=self.progress_interval, total_bytes=download.content_length)
             self.log.info("Downloading the result of job %s (%s, %s bytes)", job_id,
