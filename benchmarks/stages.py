@@ -12,7 +12,7 @@ server does the work), into the sink's table and into variants of it, to show wh
 spends on each feature of the canonical table (JSONB parsing, the primary key).
 
 Stages that belong to a sink repeat what the sink does with its public pieces
-(``to_loadable_batch`` + ``pyarrow.csv.write_csv`` for ``SqlSink``; ``ParquetEncoder`` for the
+(``formats.encode_csv`` for ``SqlSink``'s COPY; ``ParquetEncoder`` for the
 Parquet sink), so the numbers follow the code as it changes.
 """
 
@@ -65,8 +65,7 @@ def stage_costs(zip_path: Path, repeat: int) -> tuple[list[tuple[str, float]], l
     from stream_unzip import stream_unzip
 
     from airflow_provider_zohobulk.bulk_result import ResultStats, to_canonical
-    from airflow_provider_zohobulk.sinks.formats import ParquetEncoder
-    from airflow_provider_zohobulk.sinks.sql import to_loadable_batch
+    from airflow_provider_zohobulk.sinks.formats import ParquetEncoder, encode_csv
     from airflow_provider_zohobulk.stream.decode import iter_csv_batches
 
     costs: list[tuple[str, float]] = []
@@ -135,14 +134,11 @@ def stage_costs(zip_path: Path, repeat: int) -> tuple[list[tuple[str, float]], l
     def sql_encode() -> list[bytes]:
         out = []
         for batch in canonical_batches:
-            buffer = pa.BufferOutputStream()
-            pacsv.write_csv(to_loadable_batch(batch), buffer,
-                            pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-            out.append(buffer.getvalue().to_pybytes())
+            out.append(encode_csv(batch, include_header=False).to_pybytes())
         return out
 
     seconds, payload = cpu_seconds(sql_encode, repeat)
-    costs.append(("sinks/sql to_loadable_batch + write_csv (client side of COPY)", seconds))
+    costs.append(("sinks/formats encode_csv (client side of SqlSink's COPY)", seconds))
     return costs, canonical_batches, [csv_chunks, payload]
 
 

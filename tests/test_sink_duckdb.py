@@ -60,13 +60,13 @@ def test_first_load_creates_the_table_and_keeps_every_field(database: Path) -> N
         types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
                                  "WHERE table_name = 'zoho_bulk_write_results'").fetchall())
         loaded_at = con.execute("SELECT DISTINCT loaded_at FROM zoho_bulk_write_results").fetchall()
-        key = con.execute("SELECT constraint_column_names FROM duckdb_constraints() "
-                          "WHERE constraint_type = 'PRIMARY KEY'").fetchone()
+        indexed = con.execute("SELECT count(*) FROM duckdb_constraints() "
+                              "WHERE constraint_type IN ('PRIMARY KEY', 'UNIQUE')").fetchone()
     assert types["errors"] == "STRUCT(code VARCHAR, \"columns\" VARCHAR[])[]"
     assert types["source"] == "MAP(VARCHAR, VARCHAR)"
     assert types["loaded_at"] == "TIMESTAMP WITH TIME ZONE"
     assert len(loaded_at) == 1 and isinstance(loaded_at[0][0], datetime) and loaded_at[0][0].tzinfo is not None
-    assert key == (["job_id", "file_name", "row_number"],)
+    assert indexed == (0,)  # unique by construction: an in-memory key index grows with the load
 
 
 def test_rerun_replaces_the_jobs_rows_and_other_jobs_stay(database: Path) -> None:
@@ -97,14 +97,34 @@ def test_failed_first_load_leaves_no_table(database: Path) -> None:
     assert tables == []
 
 
-def test_constraint_violation_inside_the_load_rolls_everything_back(database: Path) -> None:
+def test_rows_arriving_twice_roll_everything_back(database: Path) -> None:
+    """Two zip members of one name would repeat row numbers; without a key in the table, the sink refuses."""
     sink = DuckDBSink(str(database))
     load_batches(sink, JOB, batches_of(sample_rows(4)))
     before = snapshot(database)
     duplicate = canonical_batch(JOB, "Leads-Leads.csv", sample_rows(2))  # row numbers 1, 2 twice
-    with pytest.raises(SinkError, match="zoho_bulk_write_results") as caught:
+    refused = r"zoho_bulk_write_results.*rows 1\.\.2 of 'Leads-Leads.csv' where row 3"
+    with pytest.raises(SinkError, match=refused) as caught:
         load_batches(sink, JOB, [("Leads-Leads.csv", duplicate), ("Leads-Leads.csv", duplicate)])
-    assert caught.value.job_id == JOB
+    assert (caught.value.job_id, caught.value.file_name, caught.value.row_number) == (JOB, "Leads-Leads.csv", 1)
+    assert snapshot(database) == before
+
+
+def test_constraint_of_a_users_table_fails_the_load_and_rolls_back(database: Path) -> None:
+    """A table created beforehand keeps its own constraints; DuckDB's refusal inside the streaming INSERT
+    is reported in the caller's thread and the table stays as it was."""
+    database.parent.mkdir(parents=True)
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT "
+                    "CHECK (row_number < 4), record_id VARCHAR, status VARCHAR, "
+                    "errors STRUCT(code VARCHAR, columns VARCHAR[])[], errors_raw VARCHAR, "
+                    "source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, PRIMARY KEY (job_id, file_name, row_number))")
+    sink = DuckDBSink(str(database))
+    load_batches(sink, JOB, batches_of(sample_rows(3)))
+    before = snapshot(database)
+    with pytest.raises(SinkError, match="inserting rows into DuckDB table 'zoho_bulk_write_results'") as caught:
+        load_batches(sink, JOB, batches_of(sample_rows(6, seed=3)))
+    assert caught.value.job_id == JOB and "CHECK" in str(caught.value).upper()
     assert snapshot(database) == before
 
 

@@ -300,13 +300,24 @@ def test_wrong_password_is_a_sink_error_without_the_password(postgres_server, mo
     assert pg_table_name in str(caught.value)
 
 
-def test_duplicate_rows_found_when_the_copy_ends_roll_everything_back(pg_conn_env, db, pg_table_name):
+def test_constraint_violation_during_the_copy_rolls_everything_back(pg_conn_env, db, pg_table_name):
+    """The server refusing a row (here a CHECK the table's owner added) ends the COPY: SinkError, nothing changed."""
+    load(pg_table_name, "J1", {"a.csv": sample_rows(3)})
+    db.execute(f'ALTER TABLE "{pg_table_name}" ADD CONSTRAINT few_rows CHECK (row_number < 5)')
+    db.commit()
+    before = table_rows(db, pg_table_name)
+    with pytest.raises(SinkError, match="few_rows") as caught:
+        load_batches(SqlSink(CONN_ID, pg_table_name), "J1", [("a.csv", canonical_batch("J1", "a.csv", sample_rows(6)))])
+    assert isinstance(caught.value.__cause__, psycopg.errors.CheckViolation)
+    assert table_rows(db, pg_table_name) == before
+
+
+def test_rows_arriving_twice_are_refused_before_the_database(pg_conn_env, db, pg_table_name):
     load(pg_table_name, "J1", {"a.csv": sample_rows(3)})
     before = table_rows(db, pg_table_name)
     same_rows_twice = [("a.csv", canonical_batch("J1", "a.csv", sample_rows(5)))] * 2
-    with pytest.raises(SinkError, match="duplicate key") as caught:
+    with pytest.raises(SinkError, match=r"rows 1\.\.5 of 'a\.csv' where row 6 was due"):
         load_batches(SqlSink(CONN_ID, pg_table_name), "J1", same_rows_twice)
-    assert isinstance(caught.value.__cause__, psycopg.errors.UniqueViolation)
     assert table_rows(db, pg_table_name) == before
 
 

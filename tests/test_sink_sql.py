@@ -92,11 +92,12 @@ def test_sqlite_failure_at_the_end_rolls_back(sqlite_db):
 
 def test_sqlite_database_error_is_a_sink_error_and_rolls_back(sqlite_db):
     load("J1", {"a.csv": sample_rows(4)})
+    with sqlite3.connect(sqlite_db) as connection:  # the table's owner limits it; SQLite cannot ADD CHECK
+        connection.execute(f"CREATE TRIGGER few_rows BEFORE INSERT ON {TABLE} WHEN NEW.row_number > 4 "
+                           "BEGIN SELECT RAISE(ABORT, 'at most 4 rows per file'); END")
     before = read_rows(sqlite_db)
-    duplicate_key = [("a.csv", canonical_batch("J1", "a.csv", sample_rows(3))),
-                     ("a.csv", canonical_batch("J1", "a.csv", sample_rows(3)))]
-    with pytest.raises(SinkError) as caught:
-        load_batches(SqlSink(CONN_ID, TABLE), "J1", duplicate_key)
+    with pytest.raises(SinkError, match="at most 4 rows per file") as caught:
+        load_batches(SqlSink(CONN_ID, TABLE), "J1", [("a.csv", canonical_batch("J1", "a.csv", sample_rows(6)))])
     assert TABLE in str(caught.value) and "job J1" in str(caught.value) and "'a.csv'" in str(caught.value)
     assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
     assert read_rows(sqlite_db) == before

@@ -108,6 +108,9 @@ class StagedSink(ResultSink):
 
     #: The load between open and commit/abort; None otherwise.
     _load: StagedLoad | None = None
+    #: The open load's job, and per CSV file the row_number its next batch must start at.
+    _job_id: str
+    _next_row: dict[str, int]
 
     @abc.abstractmethod
     def _start_load(self, job_id: str) -> StagedLoad:
@@ -122,11 +125,34 @@ class StagedSink(ResultSink):
         if self._load is not None:
             raise SinkError(f"{self._describe()} is already loading a job", job_id=job_id)
         self._load = self._start_load(job_id)
+        self._job_id = job_id
+        self._next_row = {}
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         if self._load is None:
             raise SinkError(f"{self._describe()} got rows before open()", file_name=file_name)
+        self._check_row_numbers(file_name, batch)
         self._load.write(file_name, batch)
+
+    def _check_row_numbers(self, file_name: str, batch: pa.RecordBatch) -> None:
+        """Each file's rows must arrive once, numbered 1, 2, 3, ... across its batches.
+
+        This is what keeps ``(job_id, file_name, row_number)`` unique at every destination without a
+        database constraint (DuckDB holds a key's index in memory for every row a transaction adds):
+        the load replaces the job's rows, so a duplicate could only come from the stream itself, such
+        as a zip holding two members of the same name.
+        """
+        if not batch.num_rows or "row_number" not in batch.schema.names:
+            return  # the layout itself is checked by the load (conform_batch)
+        numbers = batch.column("row_number")
+        first, last = numbers[0].as_py(), numbers[-1].as_py()
+        expected = self._next_row.get(file_name, 1)
+        if first != expected or last != first + batch.num_rows - 1:
+            raise SinkError(
+                f"{self._describe()} got rows {first}..{last} of {file_name!r} where row {expected} was due: "
+                "the archive repeats or reorders that file's rows, so nothing was loaded",
+                job_id=self._job_id, file_name=file_name, row_number=first)
+        self._next_row[file_name] = last + 1
 
     def commit(self) -> list[str]:
         if self._load is None:

@@ -13,8 +13,9 @@ job's earlier rows as they were.
 
 The table keeps the nesting natively: ``errors STRUCT(code VARCHAR, columns VARCHAR[])[]`` and
 ``source MAP(VARCHAR, VARCHAR)`` (query them with ``unnest(errors)`` and ``source['Email']``), plus
-``loaded_at TIMESTAMP WITH TIME ZONE`` (the same instant for every row of a load) and the primary key
-``(job_id, file_name, row_number)``. Many jobs and modules share one table.
+``loaded_at TIMESTAMP WITH TIME ZONE`` (the same instant for every row of a load). Rows are unique on
+``(job_id, file_name, row_number)`` by construction, without a PRIMARY KEY (see ``_DuckDBLoad._ddl``).
+Many jobs and modules share one table.
 
 A DuckDB file accepts one writing process at a time (it is locked while open). Parallel Airflow tasks
 writing to the same file therefore take turns: opening retries for up to ``lock_timeout`` seconds
@@ -143,9 +144,14 @@ class _DuckDBLoad(StagedLoad):
         self.previous_memory_limit: str | None = None
 
     def _ddl(self) -> str:
+        """No PRIMARY KEY: DuckDB keeps a key's index in memory for every row the transaction adds, so a
+        capped load of 5 million rows failed at COMMIT ("could not allocate block") and an uncapped one
+        grew with the file. The key stays unique by construction (the job's rows are deleted and
+        re-inserted in one transaction, DuckDB admits one writer, and ``StagedSink`` refuses a file's
+        rows arriving twice); the DELETE finds a job's rows through DuckDB's per-row-group min/max,
+        since a load's rows are stored together."""
         columns = ", ".join(f"{quote_ident(name, 'duckdb')} {kind}" for name, kind in _COLUMN_TYPES.items())
-        key = ", ".join(quote_ident(name, "duckdb") for name in ("job_id", "file_name", "row_number"))
-        return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({columns}, PRIMARY KEY ({key}))"
+        return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({columns})"
 
     def start(self) -> None:
         self.connection = self._connect()
@@ -199,8 +205,9 @@ class _DuckDBLoad(StagedLoad):
             self.connection.register(view, reader)
             try:
                 self.connection.execute(self.insert_sql_head + quote_ident(view, "duckdb"), [self.loaded_at])
-            finally:
-                self.connection.unregister(view)
+            finally:  # in an aborted transaction this fails too, and must not replace the real error
+                with contextlib.suppress(duckdb.Error):
+                    self.connection.unregister(view)
         except BaseException as exc:  # reported by write/commit in the caller's thread
             self.insert_error = exc
             self._drain()

@@ -63,9 +63,6 @@ _LIBPQ_EXTRA_KEYS = frozenset({
 })
 
 
-#: Kept only because ``benchmarks/stages.py`` imports this name; new code uses ``formats.to_csv_batch``.
-to_loadable_batch = to_csv_batch
-
 
 # --- the sink -----------------------------------------------------------------------------------------
 
