@@ -90,7 +90,9 @@ def get_provider_info() -> dict:
                         "description": "Comma-separated host names that may also receive the token on downloads.",
                         "schema": {"type": ["string", "null"]},
                     },
-                    "token_cache": {
+                    # Not "token_cache": Airflow masks the value of every extra whose key contains "token",
+                    # which would turn each "local" or "variable" in the task logs into "***".
+                    "oauth_cache": {
                         "label": "Token cache",
                         "description": "local (one machine, default), variable (an Airflow Variable) or none.",
                         "schema": {"type": ["string", "null"], "enum": ["local", "variable", "none", None],

@@ -119,7 +119,7 @@ def test_token_errors_are_typed_and_say_what_to_fix(monkeypatch, zoho_sandbox, c
 
 
 def test_revoked_refresh_token(monkeypatch, zoho_sandbox):
-    hook = make_hook(monkeypatch, zoho_sandbox, extra={"token_cache": "none"})
+    hook = make_hook(monkeypatch, zoho_sandbox, extra={"oauth_cache": "none"})
     zoho_sandbox.revoke_refresh_token("sandbox-refresh-token")
     with pytest.raises(InvalidRefreshTokenError, match="revoked"):
         hook.get_access_token()
@@ -135,7 +135,7 @@ def test_throttle_is_waited_out_within_the_bound(monkeypatch, caplog):
     from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
     with ZohoSandbox(token_limit=2, token_window_seconds=1.5) as sandbox:
-        hook = make_hook(monkeypatch, sandbox, extra={"token_cache": "none"},
+        hook = make_hook(monkeypatch, sandbox, extra={"oauth_cache": "none"},
                          hook_kwargs={"throttle_wait": 0.5, "throttle_max_wait": 10})
         for _ in range(2):
             hook.__dict__.pop("_uncached_token", None)
@@ -151,7 +151,7 @@ def test_throttle_gives_up_after_the_bound(monkeypatch):
     from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
     with ZohoSandbox(token_limit=1, token_window_seconds=600) as sandbox:
-        hook = make_hook(monkeypatch, sandbox, extra={"token_cache": "none"},
+        hook = make_hook(monkeypatch, sandbox, extra={"oauth_cache": "none"},
                          hook_kwargs={"throttle_wait": 0.2, "throttle_max_wait": 0.5})
         hook.get_access_token()
         hook.__dict__.pop("_uncached_token", None)

@@ -383,7 +383,7 @@ def test_operator_construction_does_no_io_and_checks_arguments():
 @pytest.mark.airflow_e2e
 def test_variable_token_cache_is_shared_across_machines(airflow_db, zoho_sandbox, monkeypatch, tmp_path):
     conn = zoho_sandbox.airflow_connection()
-    conn["extra"]["token_cache"] = "variable"
+    conn["extra"]["oauth_cache"] = "variable"
     monkeypatch.setenv("AIRFLOW_CONN_ZOHO_CRM_DEFAULT", json.dumps(conn))
     monkeypatch.setenv("ZOHOBULK_TOKEN_CACHE_DIR", str(tmp_path / "machine-1"))
     state, states, xcoms = run_dag(load_dag_module().variable_cache_dag,

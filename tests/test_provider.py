@@ -38,6 +38,18 @@ def test_airflow_cli_lists_the_hook():
     assert "ZohoCrmHook" in line and "airflow-provider-zohobulk" in line
 
 
+def test_only_the_refresh_token_field_is_masked_in_logs():
+    """Airflow masks the value of any extra whose key contains a sensitive word ("token", "secret", ...)
+    everywhere in task logs; a setting such as the token cache's "local" must not be one of them."""
+    from airflow.sdk._shared.secrets_masker import should_hide_value_for_key
+
+    from airflow_provider_zohobulk.get_provider_info import get_provider_info
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    masked = {name for name in conn_type["conn-fields"] if should_hide_value_for_key(name)}
+    assert masked == {"refresh_token"}
+
+
 def test_parsing_a_dag_does_not_import_the_sinks_clients():
     """A DAG file importing the operator and one sink pays for that sink's client only: smart-open (with
     boto3), duckdb and psycopg are imported when a load needs them, not when the scheduler parses DAGs."""

@@ -204,7 +204,7 @@ class ZohoCrmHook(BaseHook):
                 download_hosts=extra.get("download_hosts"),
             ),
             org_id=extra.get("org_id"),
-            token_cache=extra.get("token_cache") or "local",
+            token_cache=extra.get("oauth_cache") or "local",
         )
 
     @property
