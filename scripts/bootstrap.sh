@@ -36,6 +36,24 @@ if [ "$extras" = "test" ]; then
     apt-get update -qq
     apt-get install -y -qq postgresql >/dev/null
   fi
+  # Azurite, Microsoft's Azure Storage emulator, from npm for the azure:// sink tests. 3.35.0 is the
+  # newest release that runs on Node.js 20 (3.36 needs 21, 3.37 needs 22); Debian's nodejs suffices.
+  azurite_version="3.35.0"
+  azurite_dir=".cache/azurite"
+  installed_azurite="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
+    "$azurite_dir/node_modules/azurite/package.json" 2>/dev/null | head -n 1 || true)"
+  if [ "$installed_azurite" != "$azurite_version" ]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      echo "== installing Node.js and npm from Debian's packages"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    echo "== installing Azurite ${azurite_version} from npm into ${azurite_dir}"
+    mkdir -p "$azurite_dir"
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --omit=dev --loglevel=error \
+      "azurite@${azurite_version}" >/dev/null
+  fi
   # Headless Chromium for the browser test (Debian's package: playwright drives it through
   # executable_path, so "playwright install", which downloads its own browser, is never needed).
   if [ ! -x /usr/bin/chromium ]; then

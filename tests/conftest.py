@@ -19,6 +19,8 @@ os.environ.setdefault("ZOHOBULK_OUTPUT_DIR", str(_session_dir / "output"))
 pytest_plugins = [
     "tests.fixtures.zips",
     "tests.fixtures.s3",
+    "tests.fixtures.gcs",
+    "tests.fixtures.azurite",
     "tests.fixtures.postgres",
     "tests.fixtures.airflow_env",
     "tests.fixtures.running_airflow",

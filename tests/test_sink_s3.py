@@ -49,7 +49,12 @@ def s3_sink(server: S3Server, uri: str, **kwargs) -> ObjectStorageSink:
 
 def read_back(server: S3Server, bucket: str, key: str) -> list[dict]:
     """Rows of an object, decoded by its extension, ``source`` as a dict."""
-    data = get_bytes(server, bucket, key)
+    return decoded_rows(key, get_bytes(server, bucket, key))
+
+
+def decoded_rows(key: str, data: bytes) -> list[dict]:
+    """Rows of an object's bytes, decoded by the extension of its name ``key``, ``source`` as a dict
+    (shared with the GCS and Azure tests)."""
     if key.endswith(".parquet"):
         table = pq.read_table(io.BytesIO(data))
         assert table.schema.equals(CANONICAL_SCHEMA)

@@ -280,7 +280,8 @@ class CsvEncoder(BatchEncoder):
         self.header_written = False
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.stream.write(encode_csv(batch, include_header=not self.header_written))
+        # memoryview: a zero-copy bytes-like view; smart-open's Azure writer refuses a pyarrow Buffer.
+        self.stream.write(memoryview(encode_csv(batch, include_header=not self.header_written)))
         self.header_written = True
 
     def finish(self) -> None:
@@ -293,7 +294,7 @@ class JsonLinesEncoder(BatchEncoder):
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self.stream.write(encode_jsonl(batch))
+            self.stream.write(memoryview(encode_jsonl(batch)))  # as in CsvEncoder.write
 
     def finish(self) -> None:
         """JSON Lines has no ending."""

@@ -10,8 +10,16 @@ must survive a failed load. How each place guarantees it:
   stack-notes), so the sink keeps every writer referenced until commit or abort, and a
   ``weakref.finalize`` guard cancels whatever is still staged if the sink itself is dropped or the
   interpreter exits without either.
-- GCS (``gs://``, resumable upload) and Azure (``azure://``, blocks committed on close): the same
-  writer life cycle through smart-open.
+- GCS (``gs://``): google-cloud-storage's resumable upload; chunks go up as they fill and the object
+  appears only with the last chunk, sent on commit. Abort sends no last chunk, so nothing appears;
+  the unfinalised session is left for GCS to discard after a week (google-cloud-storage's cancel
+  sends its DELETE to the upload's initiation URL, not to the session).
+- Azure (``azure://``): blocks are staged as they fill and the blob is made of them only when the
+  block list is committed, on commit. Abort commits nothing; the staged blocks stay uncommitted
+  until Azure discards them after a week, and an existing blob keeps its content.
+- Both writers, like S3's, finish their upload when garbage-collected unclosed; the same guard
+  cancels them. Their chunk or block size, and so their memory per open object, is smart-open's
+  (50 MiB for GCS, 64 MiB for Azure) unless ``transport_params`` sets ``min_part_size``.
 - Local paths and ``file://``: a hidden temporary file in the destination directory (created with
   its parents), renamed over the destination with ``os.replace`` on commit, deleted on abort.
 
