@@ -293,3 +293,10 @@ def test_asset_uris_are_accepted_by_airflow(tmp_path: Path) -> None:
     assert relative.asset_uri == f"file://{os.path.abspath('out')}/{{file}}.parquet"
     for sink in (relative, ObjectStorageSink("s3://lake/zoho/{{ params.job_id }}/{file}.csv.gz")):
         assert Asset(sink.asset_uri).uri == sink.asset_uri
+
+
+def test_gcs_chunk_size_must_be_a_multiple_of_256_kib():
+    """Caught before any upload starts, naming the rule (GCS would reject the first chunk mid-load)."""
+    sink = ObjectStorageSink("gs://bucket/{file}.csv", transport_params={"client": object(), "min_part_size": 300_000})
+    with pytest.raises(SinkConfigurationError, match="multiple of 256 KiB"):
+        sink.open("J1")

@@ -18,8 +18,9 @@ must survive a failed load. How each place guarantees it:
   block list is committed, on commit. Abort commits nothing; the staged blocks stay uncommitted
   until Azure discards them after a week, and an existing blob keeps its content.
 - Both writers, like S3's, finish their upload when garbage-collected unclosed; the same guard
-  cancels them. Their chunk or block size, and so their memory per open object, is smart-open's
-  (50 MiB for GCS, 64 MiB for Azure) unless ``transport_params`` sets ``min_part_size``.
+  cancels them. Their chunk or block size, and so their memory per open object, is the sink's
+  ``min_part_size`` (16 MiB) like S3's part size, not smart-open's defaults (50 MiB for GCS, 64 MiB
+  for Azure), unless ``transport_params`` sets ``min_part_size``.
 - Local paths and ``file://``: a hidden temporary file in the destination directory (created with
   its parents), renamed over the destination with ``os.replace`` on commit, deleted on abort.
 
@@ -76,6 +77,8 @@ REMOTE_SCHEMES: tuple[str, ...] = ("s3", "gs", "azure")
 MIB = 1 << 20
 #: S3 rejects multipart parts under 5 MiB (except the last).
 S3_MIN_PART_SIZE = 5 * MIB
+#: GCS resumable uploads send chunks in multiples of this size.
+GCS_CHUNK_MULTIPLE = 256 * 1024
 
 # A single-brace group such as {file} or {filename}; Jinja's {{ ... }} is left alone.
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([^{}]*)\}(?!\})")
@@ -186,8 +189,9 @@ class ObjectStorageSink(StagedSink):
     (endpoint URL, region and keys taken from it), ``google_cloud_platform`` for ``gs://``,
     ``wasb`` for ``azure://``. Without one, the libraries' default credentials are used, or a
     ``client`` given in ``transport_params`` (passed to smart-open as is).
-    ``min_part_size``: the S3 multipart part size (at least 5 MiB), which is also about the memory
-    each open object needs. ``parquet_codec``: Parquet's internal compression.
+    ``min_part_size``: the S3 multipart part, GCS upload chunk (a multiple of 256 KiB) or Azure
+    block size, at least 5 MiB, which is also about the memory each open object needs.
+    ``parquet_codec``: Parquet's internal compression.
 
     :attr:`asset_uri` is the URI with ``{file}`` kept as it is (one stable Asset per destination,
     whatever the files in a given archive); local paths become absolute ``file://`` URIs.
@@ -238,8 +242,12 @@ class ObjectStorageSink(StagedSink):
 
     def _resolve_transport_params(self, destination: Destination) -> dict[str, Any]:
         params = dict(self.transport_params)
-        if destination.scheme == "s3":
+        if not destination.is_local:
             params.setdefault("min_part_size", self.min_part_size)
+            if destination.scheme == "gs" and params["min_part_size"] % GCS_CHUNK_MULTIPLE:
+                raise SinkConfigurationError(
+                    f"min_part_size for gs:// must be a multiple of 256 KiB (GCS's upload chunk), got "
+                    f"{params['min_part_size']}")
         if self.conn_id is None:
             return params
         if destination.is_local:
