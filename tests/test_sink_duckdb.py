@@ -217,3 +217,32 @@ def test_a_locked_database_is_waited_for_then_loaded(database: Path) -> None:
         holder.kill()
         holder.wait()
     assert rows_in(database) == expected_rows(batches_of(sample_rows(3)))
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_buffer_pool_is_capped_during_a_load_unless_the_table_has_an_index(database: Path, keyed: bool) -> None:
+    """The cap keeps memory flat, but DuckDB holds a key's index in memory for every row a load adds:
+    with a cap, a large load into a keyed table would fail at COMMIT, so such a table loads uncapped."""
+    if keyed:
+        database.parent.mkdir(parents=True)
+        with duckdb.connect(str(database)) as con:
+            con.execute("CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT, "
+                        "record_id VARCHAR, status VARCHAR, errors STRUCT(code VARCHAR, columns VARCHAR[])[], "
+                        "errors_raw VARCHAR, source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, "
+                        "PRIMARY KEY (job_id, file_name, row_number))")
+    seen: list[str] = []
+
+    def batches_noting_the_limit():
+        for pair in batches_of(sample_rows(3)):
+            # the load's DuckDB instance, shared by every connection of this process to the file
+            with duckdb.connect(str(database)) as con:
+                seen.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+            yield pair
+
+    load_batches(DuckDBSink(str(database)), JOB, batches_noting_the_limit())
+    with duckdb.connect(str(database)) as con:
+        after = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert seen and all(limit == seen[0] for limit in seen)
+    assert (seen[0] == "61.0 MiB") is not keyed
+    assert rows_in(database) == expected_rows(batches_of(sample_rows(3)))
+    assert after != "61.0 MiB"  # restored when the load ends

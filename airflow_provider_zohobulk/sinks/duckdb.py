@@ -125,7 +125,7 @@ class _DuckDBLoad(StagedLoad):
         self.database = database
         self.table = table
         self.qualified = quote_table_name(table, "duckdb")
-        self.schema, _ = split_table_name(table)
+        self.schema, self.table_name = split_table_name(table)
         self.job_id = job_id
         self.lock_timeout = lock_timeout
         self.connection: duckdb.DuckDBPyConnection | None = None
@@ -156,11 +156,12 @@ class _DuckDBLoad(StagedLoad):
     def start(self) -> None:
         self.connection = self._connect()
         try:
-            self._limit_memory(self.connection)
             self.connection.execute("BEGIN TRANSACTION")
             if self.schema is not None:
                 self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema, 'duckdb')}")
             self.connection.execute(self._ddl())
+            if not self._has_index():
+                self._limit_memory(self.connection)
             self.connection.execute(
                 f"DELETE FROM {self.qualified} WHERE {quote_ident('job_id', 'duckdb')} = ?", [self.job_id])
         except Exception as exc:
@@ -168,6 +169,20 @@ class _DuckDBLoad(StagedLoad):
             raise self._failure("starting the load into", exc) from exc
         self.inserter = threading.Thread(target=self._insert_all, name="zohobulk-duckdb-insert", daemon=True)
         self.inserter.start()
+
+    def _has_index(self) -> bool:
+        """Whether the table (one you created) has a key, UNIQUE constraint or index: DuckDB holds those
+        in memory for every row the load adds, so such a load runs without the buffer-pool cap, which
+        would make a large one fail at COMMIT."""
+        assert self.connection is not None
+        where = "schema_name = ? AND table_name = ?"
+        place = [self.schema or "main", self.table_name]
+        row = self.connection.execute(
+            f"SELECT (SELECT count(*) FROM duckdb_constraints() WHERE {where} "
+            f"AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')) "
+            f"+ (SELECT count(*) FROM duckdb_indexes() WHERE {where})",
+            place + place).fetchone()
+        return bool(row and row[0])
 
     def _limit_memory(self, connection: duckdb.DuckDBPyConnection) -> None:
         """Cap the buffer pool for this load, remembering the setting to restore: it is per database
