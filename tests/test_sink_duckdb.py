@@ -134,7 +134,7 @@ def test_constraint_of_a_users_table_fails_the_load_and_rolls_back(database: Pat
         ('analytics."Zoho Results"', "analytics", "Zoho Results"),
         ('"my.schema"."odd""name"', "my.schema", 'odd"name'),
         ("Results", "main", "Results"),
-        ("results; DROP TABLE victim", "main", "results; DROP TABLE victim"),  # a literal, harmless name
+        ('"results; DROP TABLE victim"', "main", "results; DROP TABLE victim"),  # quoted: a literal name
     ],
 )
 def test_quoted_and_schema_qualified_names(database: Path, table: str, schema: str, name: str) -> None:
@@ -151,7 +151,8 @@ def test_quoted_and_schema_qualified_names(database: Path, table: str, schema: s
     assert rows_in(database, quoted) == expected_rows(pairs)
 
 
-@pytest.mark.parametrize("table", ['x"; DROP TABLE victim; --', "a.b.c", "bad\x00name", "", 'sch."t', "a..b"])
+@pytest.mark.parametrize("table", ['x"; DROP TABLE victim; --', "results; DROP TABLE victim", "a.b.c", "bad\x00name",
+                                   "", 'sch."t', "a..b"])
 def test_names_outside_the_grammar_are_refused_at_parse_time(table: str) -> None:
     with pytest.raises(SinkConfigurationError):
         DuckDBSink("unused.duckdb", table)

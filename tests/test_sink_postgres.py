@@ -271,8 +271,10 @@ def test_injection_attempts_run_nothing_but_the_load(pg_conn_env, db, pg_table_n
     db.execute(f"CREATE TABLE {canary} (x int)")
 
     hostile = f"{pg_table_name}; DROP TABLE {canary}"
-    load(hostile, "J1", {"a.csv": sample_rows(2)})
-    assert len(table_rows(db, quoted(hostile))) == 2  # a table with that literal name
+    with pytest.raises(SinkConfigurationError, match="looks like SQL"):
+        SqlSink(CONN_ID, hostile)
+    load(f'"{hostile}"', "J1", {"a.csv": sample_rows(2)})  # quoted: a table with that literal name
+    assert len(table_rows(db, quoted(hostile))) == 2
     with pytest.raises(SinkConfigurationError):
         SqlSink(CONN_ID, f'{pg_table_name}"; DROP TABLE {canary}; --')
     with pytest.raises(SinkConfigurationError):

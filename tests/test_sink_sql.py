@@ -107,7 +107,9 @@ def test_sqlite_quoted_names_and_injection(sqlite_db):
     hostile = "results; DROP TABLE canary"
     with sqlite3.connect(sqlite_db) as connection:
         connection.execute("CREATE TABLE canary (x INTEGER)")
-    written = load("J1", {"a.csv": sample_rows(2)}, table=hostile)
+    with pytest.raises(SinkConfigurationError, match="looks like SQL"):
+        SqlSink(CONN_ID, hostile)
+    written = load("J1", {"a.csv": sample_rows(2)}, table=f'"{hostile}"')  # quoted: taken as a literal name
     assert written == [f"sqlite://{CONN_ID}/results%3B%20DROP%20TABLE%20canary"]
     assert len(read_rows(sqlite_db, '"results; DROP TABLE canary"')) == 2
     load("J1", {"a.csv": sample_rows(1)}, table='"Mixed ""Case"" ☃"')
@@ -164,7 +166,8 @@ def test_importing_the_sink_does_not_import_airflow():
     ('"a.b".c', ("a.b", "c")),
     ('"say ""hi"""', (None, 'say "hi"')),
     ("MixedCase", (None, "MixedCase")),
-    ("results; DROP TABLE x", (None, "results; DROP TABLE x")),
+    ('"results; DROP TABLE x"', (None, "results; DROP TABLE x")),  # quoted: a literal, harmless name
+    ("Zoho Results", (None, "Zoho Results")),
 ])
 def test_split_table_name(name, parts):
     assert split_table_name(name) == parts
@@ -182,6 +185,11 @@ def test_split_table_name(name, parts):
     ("a.", "empty part"),
     ("nul\x00byte", "control character"),
     ("line\nbreak", "control character"),
+    ("results; DROP TABLE x", "looks like SQL"),
+    ("results -- comment", "looks like SQL"),
+    ("results/* c */", "looks like SQL"),
+    ("o'brien", "looks like SQL"),
+    ('"stage".x;y', "looks like SQL"),
 ])
 def test_split_table_name_refuses(name, problem):
     with pytest.raises(SinkConfigurationError, match=problem):

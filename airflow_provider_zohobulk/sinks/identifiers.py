@@ -2,22 +2,27 @@
 
 Why always quote: a table name comes from a DAG author (possibly from Jinja, possibly from a trigger
 form), and SQL has no placeholder for identifiers. Quoting every part makes any text a harmless
-name, so ``results; DROP TABLE x`` names a table of that odd name instead of running a second
-statement. The name is therefore taken literally, case included: ``Results`` is the table
-``"Results"``, not PostgreSQL's folded ``results``.
+name; the name is therefore taken literally, case included: ``Results`` is the table
+``"Results"``, not PostgreSQL's folded ``results``. An unquoted part that carries SQL syntax
+(``results; DROP TABLE x``, a comment, a string quote) is refused all the same: it is an injection
+attempt or a mistake, never a name someone meant; a table really named so is written quoted.
 
 Grammar of a name (checked at DAG-parse time by the sinks' constructors):
 
 - one or two parts separated by ``.``: ``table`` or ``schema.table``;
 - a part is either bare text without ``"`` or ``.``, or a double-quoted text in which ``""`` stands
   for one ``"`` (so ``"my.schema"."Odd Name"`` works);
-- refused: empty parts, more than two parts, an unbalanced or stray ``"``, and control characters
-  (NUL included: no database accepts it in a name and it is never intended).
+- refused: empty parts, more than two parts, an unbalanced or stray ``"``, control characters
+  (NUL included: no database accepts it in a name and it is never intended), and SQL syntax in an
+  unquoted part (see :data:`SQL_IN_BARE_NAMES`).
 """
 
 from __future__ import annotations
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError
+
+#: Text that ends a statement, starts a comment or a string: refused in an unquoted part of a name.
+SQL_IN_BARE_NAMES: tuple[str, ...] = (";", "--", "/*", "*/", "'", "`", "\\")
 
 #: PostgreSQL silently truncates longer names (NAMEDATALEN - 1), which would load into another table.
 POSTGRES_MAX_IDENTIFIER_BYTES = 63
@@ -81,6 +86,12 @@ def _read_part(name: str, start: int) -> tuple[str, int]:
             raise SinkConfigurationError(
                 f"table name {name!r} has an unbalanced quote; quote a whole part as \"...\" and double a "
                 "quote inside it"
+            )
+        syntax = next((token for token in SQL_IN_BARE_NAMES if token in part), None)
+        if syntax is not None:
+            raise SinkConfigurationError(
+                f"table name {name!r} looks like SQL, not a name (it contains {syntax!r} outside quotes); "
+                "if a table really is named so, double-quote that part"
             )
         position = end
     if not part:

@@ -173,7 +173,9 @@ def _asset_uri_for(connection: Any, conn_id: str, table: str) -> str:
         database = connection.schema or connection.login or "postgres"  # libpq's default is the user name
         path = "/".join(quote(part, safe="") for part in (database, schema or "public", name))
         return f"postgres://{connection.host or 'localhost'}:{connection.port or 5432}/{path}"
-    return f"{conn_type or 'sql'}://{quote(conn_id, safe='')}/{quote(table, safe='')}"
+    # The parsed parts, not the text: "results" and results are one table, so one Asset.
+    path = "/".join(quote(part, safe="") for part in (schema, name) if part is not None)
+    return f"{conn_type or 'sql'}://{quote(conn_id, safe='')}/{path}"
 
 
 def _rollback_and_close(connection: Any) -> None:
