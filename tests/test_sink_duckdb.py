@@ -168,7 +168,7 @@ def test_rendered_name_is_checked_again_at_open(database: Path) -> None:
 
 def test_in_memory_database_loads_and_names_itself() -> None:
     sink = DuckDBSink(":memory:", "main.results")
-    assert load_batches(sink, JOB, batches_of(sample_rows(3))) == ["duckdb:///:memory:/main.results"]
+    assert load_batches(sink, JOB, batches_of(sample_rows(3))) == ["duckdb:///:memory:/main/results"]
 
 
 def test_batch_of_another_job_is_refused(database: Path) -> None:
@@ -180,7 +180,9 @@ def test_asset_uri_is_accepted_by_airflow(database: Path) -> None:
     from airflow.sdk import Asset
 
     sink = DuckDBSink(str(database), 'analytics."Zoho Results"')
-    assert sink.asset_uri == f"duckdb://{database}/analytics.%22Zoho%20Results%22"
+    assert sink.asset_uri == f"duckdb://{database}/analytics/Zoho%20Results"
+    # the table, not its spelling: "Results" and Results are one table, one Asset
+    assert DuckDBSink(str(database), '"Results"').asset_uri == DuckDBSink(str(database), "Results").asset_uri
     # Airflow keeps it, dropping the empty host: "duckdb:/tmp/..." (the same for a user's own Asset(...)).
     assert Asset(sink.asset_uri).uri == "duckdb:" + sink.asset_uri.removeprefix("duckdb://")
 

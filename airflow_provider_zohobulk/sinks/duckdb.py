@@ -98,7 +98,9 @@ class DuckDBSink(StagedSink):
     @property
     def asset_uri(self) -> str:
         path = IN_MEMORY if self.database == IN_MEMORY else os.path.abspath(os.path.expanduser(self.database))
-        return f"duckdb://{quote('/' + path.lstrip('/'), safe='/:')}/{quote(self.table, safe='')}"
+        # The parsed parts, not the text: "results" and results are one table, so one Asset.
+        table_path = "/".join(quote(part, safe="") for part in split_table_name(self.table) if part is not None)
+        return f"duckdb://{quote('/' + path.lstrip('/'), safe='/:')}/{table_path}"
 
     def _describe(self) -> str:
         return f"DuckDBSink for table {self.table!r}"
