@@ -7,21 +7,23 @@ blob appears and an existing blob keeps its content, even when blocks had alread
 are visible as uncommitted blocks, which Azure discards by itself after a week; smart-open has no
 call to delete them sooner), and a later load of the same blob still works.
 
-The client is passed in ``transport_params``; the ``conn_id`` path (Airflow's Microsoft Azure
-provider hook) is not exercised here.
+Most tests pass the client in ``transport_params``; the last ones go through ``conn_id``: a real
+Airflow ``wasb`` connection (from ``AIRFLOW_CONN_<ID>``, no metadata database) read by the Microsoft
+Azure provider's WasbHook, whose extra holds Azurite's connection string.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 
 from airflow_provider_zohobulk.bulk_result import read_bulk_write_result
-from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkError
+from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink
-from tests.fixtures.azurite import AzuriteServer
+from tests.fixtures.azurite import ACCOUNT_KEY, AzuriteServer
 from tests.fixtures.zips import SAMPLE_RESULT_ROWS, chunked, corrupt_crc_field, make_result_csv, zip_with_zipfile
 from tests.helpers import sample_rows
 from tests.test_sink_object_storage import JOB, MEMBER, batches_of, expected_rows
@@ -161,3 +163,61 @@ def test_corrupt_archive_through_the_core_pipeline_publishes_nothing(azurite: Az
                      read_bulk_write_result(chunked(archive, 1000), job_id=JOB))
     assert names(azurite, container) == ["out.csv.gz"]
     assert get_bytes(azurite, container, "out.csv.gz") == b"previous load"
+
+
+# --- credentials from an Airflow ``wasb`` connection ---------------------------------------------------
+
+CONN_ID = "zoho_blob"
+
+
+@pytest.fixture
+def wasb_connection(azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The id of an Airflow ``wasb`` connection to Azurite, set for this test only."""
+    for name, value in azurite.airflow_conn_env(CONN_ID).items():
+        monkeypatch.setenv(name, value)
+    return CONN_ID
+
+
+def test_round_trip_through_an_airflow_wasb_connection(azurite: AzuriteServer, wasb_connection: str) -> None:
+    container = azurite.new_container("conn")
+    rows = sample_rows(8)
+    leads, deals = batches_of(rows[:5], "Leads-Leads.csv"), batches_of(rows[5:], "Deals-Deals.csv")
+    sink = ObjectStorageSink(f"azure://{container}/{{file}}.parquet", conn_id=wasb_connection)
+    written = load_batches(sink, JOB, leads + deals)
+    assert written == [f"azure://{container}/Leads-Leads.parquet", f"azure://{container}/Deals-Deals.parquet"]
+    assert read_back(azurite, container, "Leads-Leads.parquet") == expected_rows(leads)
+    assert read_back(azurite, container, "Deals-Deals.parquet") == expected_rows(deals)
+
+
+def test_failure_through_a_connection_publishes_nothing(azurite: AzuriteServer, wasb_connection: str) -> None:
+    container = azurite.new_container("conn-abort")
+    put_previous_load(azurite, container, "out.csv")
+    sink = ObjectStorageSink(f"azure://{container}/out.csv", conn_id=wasb_connection,
+                             transport_params={"min_part_size": SMALL_BLOCK})
+    with pytest.raises(CorruptArchive):
+        load_batches(sink, JOB, failing_after(large_pairs(), 3))
+    assert names(azurite, container) == ["out.csv"]
+    assert get_bytes(azurite, container, "out.csv") == b"previous load"
+    # The connection's client did reach Azurite: its blocks are there, never committed.
+    assert azurite.uncommitted_blocks(container)["out.csv"] >= 2 * SMALL_BLOCK
+
+
+@pytest.mark.parametrize(("conn_id", "connection_string", "reason"), [
+    ("zoho_blobs", None, "AirflowNotFoundException"),  # a typo of CONN_ID, which exists
+    ("zoho_blob_broken", f"DefaultEndpointsProtocol=http;AccountKey={ACCOUNT_KEY};BlobEndpoint=", "ValueError"),
+])
+def test_unusable_connection_is_named_without_its_key(wasb_connection: str, monkeypatch: pytest.MonkeyPatch,
+                                                      conn_id: str, connection_string: str | None,
+                                                      reason: str) -> None:
+    """A missing connection, or one whose connection string cannot be parsed, stops the load before any
+    write; the error names the connection and the cause's type, never the account key."""
+    monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id.upper()}", raising=False)
+    if connection_string is not None:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
+                           json.dumps({"conn_type": "wasb", "extra": {"connection_string": connection_string}}))
+    sink = ObjectStorageSink("azure://container/{file}.parquet", conn_id=conn_id)
+    with pytest.raises(SinkConfigurationError) as caught:
+        sink.open(JOB)
+    message = str(caught.value)
+    assert message == f"Airflow connection {conn_id!r} for azure:// could not be used: {reason}"
+    assert ACCOUNT_KEY not in message and ACCOUNT_KEY[:16] not in message
