@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import traceback
 
 import pytest
 
@@ -221,3 +222,5 @@ def test_unusable_connection_is_named_without_its_key(wasb_connection: str, monk
     message = str(caught.value)
     assert message == f"Airflow connection {conn_id!r} for azure:// could not be used: {reason}"
     assert ACCOUNT_KEY not in message and ACCOUNT_KEY[:16] not in message
+    printed = "".join(traceback.format_exception(caught.value))  # what a task log shows, causes included
+    assert ACCOUNT_KEY[:16] not in printed and caught.value.__cause__ is None

@@ -454,9 +454,11 @@ def _client_from_connection(scheme: str, conn_id: str) -> Any:
     except SinkError:
         raise
     except Exception as exc:  # connection missing, or unusable: the type names the problem, no secrets
+        # from None: the driver's own message may quote the connection string, key included, and a
+        # chained cause would be printed with the traceback in the task log.
         raise SinkConfigurationError(
             f"Airflow connection {conn_id!r} for {scheme}:// could not be used: {type(exc).__name__}"
-        ) from exc
+        ) from None
 
 
 def _s3_client(conn_id: str) -> Any:
