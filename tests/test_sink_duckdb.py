@@ -110,15 +110,20 @@ def test_rows_arriving_twice_roll_everything_back(database: Path) -> None:
     assert snapshot(database) == before
 
 
+def create_keyed_table(database: Path, row_number_check: str = "") -> None:
+    """The sink's table as a user might create it beforehand: with a primary key (and a CHECK if given)."""
+    database.parent.mkdir(parents=True)
+    with duckdb.connect(str(database)) as con:
+        con.execute(f"CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT "
+                    f"{row_number_check}, record_id VARCHAR, status VARCHAR, "
+                    "errors STRUCT(code VARCHAR, columns VARCHAR[])[], errors_raw VARCHAR, "
+                    "source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, PRIMARY KEY (job_id, file_name, row_number))")
+
+
 def test_constraint_of_a_users_table_fails_the_load_and_rolls_back(database: Path) -> None:
     """A table created beforehand keeps its own constraints; DuckDB's refusal inside the streaming INSERT
     is reported in the caller's thread and the table stays as it was."""
-    database.parent.mkdir(parents=True)
-    with duckdb.connect(str(database)) as con:
-        con.execute("CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT "
-                    "CHECK (row_number < 4), record_id VARCHAR, status VARCHAR, "
-                    "errors STRUCT(code VARCHAR, columns VARCHAR[])[], errors_raw VARCHAR, "
-                    "source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, PRIMARY KEY (job_id, file_name, row_number))")
+    create_keyed_table(database, row_number_check="CHECK (row_number < 4)")
     sink = DuckDBSink(str(database))
     load_batches(sink, JOB, batches_of(sample_rows(3)))
     before = snapshot(database)
@@ -227,12 +232,7 @@ def test_buffer_pool_is_capped_during_a_load_unless_the_table_has_an_index(datab
     """The cap keeps memory flat, but DuckDB holds a key's index in memory for every row a load adds:
     with a cap, a large load into a keyed table would fail at COMMIT, so such a table loads uncapped."""
     if keyed:
-        database.parent.mkdir(parents=True)
-        with duckdb.connect(str(database)) as con:
-            con.execute("CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT, "
-                        "record_id VARCHAR, status VARCHAR, errors STRUCT(code VARCHAR, columns VARCHAR[])[], "
-                        "errors_raw VARCHAR, source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, "
-                        "PRIMARY KEY (job_id, file_name, row_number))")
+        create_keyed_table(database)
     seen: list[str] = []
 
     def batches_noting_the_limit():
