@@ -138,7 +138,7 @@ class ZohoCrmHook(BaseHook):
     """Interact with Zoho CRM through a ``zoho_crm`` connection.
 
     :param zoho_conn_id: the Airflow connection (login = client id, password = client secret,
-        extra: refresh_token, data_center, org_id, accounts_url, api_domain, download_hosts, token_cache).
+        extra: refresh_token, data_center, org_id, accounts_url, api_domain, download_hosts, oauth_cache).
     :param timeout: (connect, read) seconds for every HTTP call.
     :param retry_limit: retries after the first attempt, for connection errors, 429 and 5xx.
     :param retry_backoff: first backoff in seconds; doubles each retry, with jitter, capped at ``max_backoff``.
