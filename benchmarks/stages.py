@@ -125,16 +125,22 @@ def stage_costs(zip_path: Path, repeat: int) -> tuple[list[tuple[str, float]], l
     return costs, canonical_batches, [csv_chunks, payload]
 
 
+_JSONB = "errors jsonb, errors_raw text, source jsonb"
+_JSON = "errors json, errors_raw text, source json"
+_TEXT = "errors text, errors_raw text, source text"
+_KEY = "PRIMARY KEY (job_id, file_name, row_number)"
+
+#: (label, nested columns, key clause inside CREATE TABLE, collation of job_id/file_name, statement after it)
 POSTGRES_VARIANTS = (
-    ("SqlSink's table: jsonb errors/source + PRIMARY KEY", "errors jsonb, errors_raw text, source jsonb", True),
-    ("same, without the PRIMARY KEY", "errors jsonb, errors_raw text, source jsonb", False),
-    ("json (not jsonb) columns + PRIMARY KEY", "errors json, errors_raw text, source json", True),
-    ("json (not jsonb) columns, no PRIMARY KEY", "errors json, errors_raw text, source json", False),
-    ("text instead of jsonb, no PRIMARY KEY", "errors text, errors_raw text, source text", False),
-    ('jsonb + PRIMARY KEY, key columns COLLATE "C"', "errors jsonb, errors_raw text, source jsonb", "C"),
-    ("jsonb, index on job_id only", "errors jsonb, errors_raw text, source jsonb", "index"),
-    ("json, index on job_id only", "errors json, errors_raw text, source json", "index"),
-    ("json, BRIN index on job_id", "errors json, errors_raw text, source json", "brin"),
+    ("SqlSink's table: jsonb errors/source + PRIMARY KEY", _JSONB, _KEY, "", ""),
+    ("same, without the PRIMARY KEY", _JSONB, "", "", ""),
+    ("json (not jsonb) columns + PRIMARY KEY", _JSON, _KEY, "", ""),
+    ("json (not jsonb) columns, no PRIMARY KEY", _JSON, "", "", ""),
+    ("text instead of jsonb, no PRIMARY KEY", _TEXT, "", "", ""),
+    ('jsonb + PRIMARY KEY, key columns COLLATE "C"', _JSONB, _KEY, ' COLLATE "C"', ""),
+    ("jsonb, index on job_id only", _JSONB, "", "", "CREATE INDEX ON stage_canonical (job_id)"),
+    ("json, index on job_id only", _JSON, "", "", "CREATE INDEX ON stage_canonical (job_id)"),
+    ("json, BRIN index on job_id", _JSON, "", "", "CREATE INDEX ON stage_canonical USING brin (job_id)"),
 )
 
 
@@ -165,13 +171,10 @@ def postgres_costs(
                   "errors text)"
         results.append(("raw CSV bytes into 6 text columns (the raw_copy case)",
                         wall_seconds(copy("stage_raw", raw_ddl, raw_csv, "FORMAT csv, HEADER true"), repeat)))
-        for label, nested, primary_key in POSTGRES_VARIANTS:
-            collate = ' COLLATE "C"' if primary_key == "C" else ""
+        for label, nested, key, collate, after in POSTGRES_VARIANTS:
             ddl = (f"CREATE TABLE stage_canonical (job_id text{collate} NOT NULL, file_name text{collate} NOT NULL, "
-                   f"row_number bigint NOT NULL, record_id text, status text, {nested}"
-                   + (", PRIMARY KEY (job_id, file_name, row_number))" if primary_key in (True, "C") else ")")
-                   + {"index": "; CREATE INDEX ON stage_canonical (job_id)",
-                      "brin": "; CREATE INDEX ON stage_canonical USING brin (job_id)"}.get(str(primary_key), ""))
+                   f"row_number bigint NOT NULL, record_id text, status text, {nested}{', ' + key if key else ''})"
+                   + (f"; {after}" if after else ""))
             results.append((f"canonical rows: {label}",
                             wall_seconds(copy("stage_canonical", ddl, canonical_csv, "FORMAT csv"), repeat)))
         connection.execute("DROP TABLE IF EXISTS stage_raw")
