@@ -16,6 +16,7 @@ ambiguous when headers contain the separators; :func:`parse_errors` documents ho
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import queue
 import re
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_provider_zohobulk.arrow_values import int_array, int_scalar, null_scalar, string_array, string_scalar
 from airflow_provider_zohobulk.errors import ArchiveError, CsvFormatError, ResultLayoutError, ZohoBulkError
 from airflow_provider_zohobulk.stream.decode import iter_csv_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits, iter_csv_members
@@ -36,6 +38,7 @@ __all__ = [
     "ERROR_TYPE",
     "KNOWN_ERROR_CODES",
     "ResultStats",
+    "empty_canonical_batch",
     "normalise_status",
     "parse_errors",
     "read_bulk_write_result",
@@ -57,6 +60,12 @@ CANONICAL_SCHEMA = pa.schema(
         pa.field("source", pa.map_(pa.string(), pa.string()), nullable=False),
     ]
 )
+
+
+def empty_canonical_batch() -> pa.RecordBatch:
+    """A zero-row batch in the canonical layout: it still tells an encoder the columns."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, field.type) for field in CANONICAL_SCHEMA], schema=CANONICAL_SCHEMA)
+
 
 #: The error codes Zoho documents for Bulk Write results; others are kept, not rejected.
 KNOWN_ERROR_CODES: tuple[str, ...] = (
@@ -151,8 +160,8 @@ def find_column(names: Sequence[str], wanted: str) -> int | None:
 
 def sequence(length: int, start: int = 0) -> pa.Array:
     """``start, start + 1, ...`` as int64, built in C (no numpy, no Python loop)."""
-    ones = pa.nulls(length, pa.int64()).fill_null(1)
-    return pc.add(pc.cumulative_sum(ones), start - 1)
+    ones = pa.nulls(length, pa.int64()).fill_null(int_scalar(1))
+    return pc.add(pc.cumulative_sum(ones), int_scalar(start - 1))
 
 
 def source_map(columns: Sequence[pa.Array], names: Sequence[str], num_rows: int) -> pa.MapArray:
@@ -162,29 +171,41 @@ def source_map(columns: Sequence[pa.Array], names: Sequence[str], num_rows: int)
     whose indices are computed arithmetically: entry ``m`` is column ``m % k`` of row ``m // k``.
     """
     width = len(names)
-    offsets = pc.multiply(sequence(num_rows + 1), width).cast(pa.int32())
+    offsets = pc.multiply(sequence(num_rows + 1), int_scalar(width)).cast(pa.int32())
     if width == 0 or num_rows == 0:
-        empty = pa.array([], pa.string())
+        empty = pa.nulls(0, pa.string())
         return pa.MapArray.from_arrays(offsets, empty, empty)
     entry = sequence(num_rows * width)
-    row = pc.divide(entry, width)
-    column = pc.subtract(entry, pc.multiply(row, width))
+    row = pc.divide(entry, int_scalar(width))
+    column = pc.subtract(entry, pc.multiply(row, int_scalar(width)))
     values = pc.take(pa.concat_arrays([col.cast(pa.string()) for col in columns]),
-                     pc.add(pc.multiply(column, num_rows), row))
-    keys = pc.take(pa.array(list(names), pa.string()), column)
+                     pc.add(pc.multiply(column, int_scalar(num_rows)), row))
+    keys = pc.take(string_array(names), column)
     return pa.MapArray.from_arrays(offsets, keys, values)
 
 
 def parsed_errors_column(raw: pa.Array) -> pa.Array:
     """``ERRORS`` text -> list<struct<code, columns>>, parsing each distinct text once; null -> []."""
     if raw.null_count == len(raw):  # the usual batch of a successful job: no gather needed
-        offsets = pa.nulls(len(raw) + 1, pa.int32()).fill_null(0)
-        return pa.ListArray.from_arrays(offsets, pa.array([], ERROR_TYPE), type=pa.list_(ERROR_TYPE))
+        return errors_array([()] * len(raw))
     encoded = pc.dictionary_encode(raw)
-    parsed = [parse_errors(text) for text in encoded.dictionary.to_pylist()]
-    parsed.append([])  # where null ERRORS point
-    indices = encoded.indices.fill_null(len(parsed) - 1)
-    return pc.take(pa.array(parsed, pa.list_(ERROR_TYPE)), indices)
+    parsed = [_parse_errors_cached(text or "") for text in encoded.dictionary.to_pylist()]
+    parsed.append(())  # where null ERRORS point
+    indices = encoded.indices.fill_null(int_scalar(len(parsed) - 1, encoded.indices.type))
+    return pc.take(errors_array(parsed), indices)
+
+
+def errors_array(rows: Sequence[Sequence[tuple[str, Sequence[str]]]]) -> pa.ListArray:
+    """Parsed errors (``(code, columns)`` pairs per row) as the ``errors`` column, built from buffers
+    (:mod:`~airflow_provider_zohobulk.arrow_values` says why not ``pa.array``)."""
+    entries = [entry for row in rows for entry in row]
+    columns = pa.ListArray.from_arrays(
+        int_array(list(itertools.accumulate((len(cols) for _, cols in entries), initial=0)), pa.int32()),
+        string_array([name for _, cols in entries for name in cols]))
+    errors = pa.StructArray.from_arrays([string_array([code for code, _ in entries]), columns],
+                                        fields=list(ERROR_TYPE))
+    offsets = int_array(list(itertools.accumulate(map(len, rows), initial=0)), pa.int32())
+    return pa.ListArray.from_arrays(offsets, errors, type=pa.list_(ERROR_TYPE))
 
 
 def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_row_number: int) -> pa.RecordBatch:
@@ -205,7 +226,7 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
     nulls = pa.nulls(num_rows, pa.string())
 
     status = pc.utf8_upper(pc.utf8_trim_whitespace(batch.column(status_at).cast(pa.string())))
-    status = pc.if_else(pc.equal(status, ""), pa.scalar(None, pa.string()), status)
+    status = pc.if_else(pc.equal(status, string_scalar("")), null_scalar(pa.string()), status)
     errors_raw = batch.column(errors_at).cast(pa.string()) if errors_at is not None else nulls
     record_id = batch.column(record_id_at).cast(pa.string()) if record_id_at is not None else nulls
     taken = {status_at, record_id_at, errors_at}
@@ -213,8 +234,8 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
 
     return pa.RecordBatch.from_arrays(
         [
-            pa.repeat(pa.scalar(job_id, pa.string()), num_rows),
-            pa.repeat(pa.scalar(file_name, pa.string()), num_rows),
+            pa.repeat(string_scalar(job_id), num_rows),
+            pa.repeat(string_scalar(file_name), num_rows),
             sequence(num_rows, first_row_number),
             record_id,
             status,

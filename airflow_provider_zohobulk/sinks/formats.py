@@ -48,7 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.arrow_values import bool_scalar, int_array, int_scalar, null_scalar, string_array
+from airflow_provider_zohobulk.arrow_values import string_scalar as lit  # short: JSON is built of many literals
+from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA, empty_canonical_batch
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 
 PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
@@ -85,8 +87,8 @@ def json_string_literals(values: pa.Array) -> pa.StringArray:
     """Each string as a JSON string literal; a null becomes the literal ``null``."""
     if values.type != pa.string():
         values = values.cast(pa.string())
-    literals = pc.binary_join_element_wise('"', values, '"', "")
-    needs_escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), False)
+    literals = pc.binary_join_element_wise(lit('"'), values, lit('"'), lit(""))
+    needs_escape = pc.fill_null(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE), bool_scalar(False))
     if pc.any(needs_escape).as_py():
         originals = pc.filter(values, needs_escape)
         escaped = originals
@@ -95,9 +97,10 @@ def json_string_literals(values: pa.Array) -> pa.StringArray:
         rare = pc.match_substring_regex(escaped, _RARE_CONTROL_CHARS)
         if pc.any(rare).as_py():
             slow = [json.dumps(text, ensure_ascii=False)[1:-1] for text in pc.filter(originals, rare).to_pylist()]
-            escaped = pc.replace_with_mask(escaped, rare, pa.array(slow, pa.string()))
-        literals = pc.replace_with_mask(literals, needs_escape, pc.binary_join_element_wise('"', escaped, '"', ""))
-    return pc.fill_null(literals, "null")
+            escaped = pc.replace_with_mask(escaped, rare, string_array(slow))
+        literals = pc.replace_with_mask(literals, needs_escape,
+                                        pc.binary_join_element_wise(lit('"'), escaped, lit('"'), lit("")))
+    return pc.fill_null(literals, lit("null"))
 
 
 def _children(lists: pa.ListArray | pa.MapArray) -> tuple[pa.Array, slice]:
@@ -108,16 +111,16 @@ def _children(lists: pa.ListArray | pa.MapArray) -> tuple[pa.Array, slice]:
     """
     offsets = lists.offsets
     start, end = offsets[0].as_py(), offsets[-1].as_py()
-    return pc.subtract(offsets, pa.scalar(start, offsets.type)), slice(start, end)
+    return pc.subtract(offsets, int_scalar(start, offsets.type)), slice(start, end)
 
 
 def _join_per_row(lists: pa.ListArray | pa.MapArray, offsets: pa.Array, item_json: pa.Array, opening: str,
                   closing: str) -> pa.Array:
     """Join ``item_json`` per row of ``lists`` (by the rebased ``offsets``), inside brackets."""
     grouped = pa.ListArray.from_arrays(offsets, item_json)
-    joined = pc.binary_join_element_wise(opening, pc.binary_join(grouped, ","), closing, "")
+    joined = pc.binary_join_element_wise(lit(opening), pc.binary_join(grouped, lit(",")), lit(closing), lit(""))
     if lists.null_count:
-        joined = pc.if_else(lists.is_null(), pa.scalar(None, pa.string()), joined)
+        joined = pc.if_else(lists.is_null(), null_scalar(pa.string()), joined)
     return joined
 
 
@@ -129,10 +132,11 @@ def errors_to_json(errors: pa.ListArray) -> pa.Array:
     columns = pc.struct_field(entries, "columns")
     column_offsets, used_columns = _children(columns)
     column_names = json_string_literals(columns.values[used_columns])
-    columns_json = pc.fill_null(_join_per_row(columns, column_offsets, column_names, "[", "]"), "null")
-    entry_json = pc.binary_join_element_wise('{"code":', codes, ',"columns":', columns_json, "}", "")
+    columns_json = pc.fill_null(_join_per_row(columns, column_offsets, column_names, "[", "]"), lit("null"))
+    entry_json = pc.binary_join_element_wise(lit('{"code":'), codes, lit(',"columns":'), columns_json, lit("}"),
+                                             lit(""))
     if entries.null_count:
-        entry_json = pc.if_else(entries.is_null(), "null", entry_json)
+        entry_json = pc.if_else(entries.is_null(), lit("null"), entry_json)
     return _join_per_row(errors, offsets, entry_json, "[", "]")
 
 
@@ -142,7 +146,7 @@ def source_to_json(source: pa.MapArray) -> pa.Array:
     # Keys are the few CSV headers repeated on every row: encode each distinct header once.
     headers = pc.dictionary_encode(source.keys[used])
     keys_json = pc.take(json_string_literals(headers.dictionary), headers.indices)
-    pairs = pc.binary_join_element_wise(keys_json, ":", json_string_literals(source.items[used]), "")
+    pairs = pc.binary_join_element_wise(keys_json, lit(":"), json_string_literals(source.items[used]), lit(""))
     return _join_per_row(source, offsets, pairs, "{", "}")
 
 
@@ -170,7 +174,7 @@ def conform_batch(batch: pa.RecordBatch, *, job_id: str, file_name: str, destina
                             f"other types {wrong})", job_id=job_id, file_name=file_name)
         batch = pa.RecordBatch.from_arrays([batch.column(name) for name in CANONICAL_SCHEMA.names],
                                            schema=CANONICAL_SCHEMA)
-    if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), job_id)).as_py():
+    if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), lit(job_id))).as_py():
         raise SinkError(f"batch for {destination!r} holds rows of another job than the one opened",
                         job_id=job_id, file_name=file_name)
     return batch
@@ -211,16 +215,16 @@ def encode_jsonl(batch: pa.RecordBatch) -> pa.Buffer:
         parts.append(("{" if index == 0 else ",") + f'"{name}":')
         column = batch.column(name)
         if name == "errors":
-            parts.append(pc.fill_null(errors_to_json(column), "null"))
+            parts.append(pc.fill_null(errors_to_json(column), lit("null")))
         elif name == "source":
-            parts.append(pc.fill_null(source_to_json(column), "null"))
+            parts.append(pc.fill_null(source_to_json(column), lit("null")))
         elif name == "row_number":
-            parts.append(pc.fill_null(column.cast(pa.string()), "null"))
+            parts.append(pc.fill_null(column.cast(pa.string()), lit("null")))
         else:
             parts.append(json_string_literals(column))
     parts.append("}\n")
-    lines = pc.binary_join_element_wise(*parts, "")
-    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "")
+    lines = pc.binary_join_element_wise(*(lit(part) if isinstance(part, str) else part for part in parts), lit(""))
+    whole = pc.binary_join(pa.ListArray.from_arrays(int_array([0, len(lines)], pa.int32()), lines), lit(""))
     return whole[0].as_buffer()
 
 
@@ -286,7 +290,7 @@ class CsvEncoder(BatchEncoder):
 
     def finish(self) -> None:
         if not self.header_written:
-            self.write(pa.RecordBatch.from_pylist([], schema=CANONICAL_SCHEMA))
+            self.write(empty_canonical_batch())
 
 
 class JsonLinesEncoder(BatchEncoder):

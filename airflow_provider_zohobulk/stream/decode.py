@@ -191,7 +191,7 @@ class CsvDecoder:
     def empty_batch(self) -> pa.RecordBatch:
         """The one zero-row batch of a header-only file: it still tells sinks the columns."""
         assert self.schema is not None
-        return pa.RecordBatch.from_arrays([pa.array([], pa.string()) for _ in self.names], schema=self.schema)
+        return pa.RecordBatch.from_arrays([pa.nulls(0, pa.string()) for _ in self.names], schema=self.schema)
 
 
 def strict_csv_rows(text: str, max_field_chars: int) -> Iterator[list[str]]:
