@@ -24,7 +24,8 @@ import pyarrow as pa
 
 __all__ = ["bool_scalar", "int_array", "int_scalar", "null_scalar", "string_array", "string_scalar"]
 
-_ARRAY_CODES: dict[pa.DataType, str] = {pa.int32(): "i", pa.int64(): "q"}
+_INT64, _STRING = pa.int64(), pa.string()
+_ARRAY_CODES: dict[pa.DataType, str] = {pa.int32(): "i", _INT64: "q"}
 _INT32_MAX = 2**31 - 1
 
 
@@ -44,17 +45,18 @@ def string_array(values: Sequence[str | None]) -> pa.StringArray:
         raise ValueError("string_array is for small arrays: the values exceed 2 GiB")
     present = [value is not None for value in values]
     return pa.Array.from_buffers(
-        pa.string(), len(values),
+        _STRING, len(values),
         [_validity(present), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
         null_count=present.count(False),
     )
 
 
-def int_array(values: Sequence[int], type: pa.DataType = pa.int64()) -> pa.Array:  # noqa: A002 - pyarrow's word
+def int_array(values: Sequence[int], arrow_type: pa.DataType = _INT64) -> pa.Array:
     """``values`` as an int32 or int64 array (no nulls)."""
-    if type not in _ARRAY_CODES:
-        raise ValueError(f"int_array builds int32 or int64 arrays, not {type}")
-    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(array.array(_ARRAY_CODES[type], values))])
+    if arrow_type not in _ARRAY_CODES:
+        raise ValueError(f"int_array builds int32 or int64 arrays, not {arrow_type}")
+    code = _ARRAY_CODES[arrow_type]
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(array.array(code, values))])
 
 
 @functools.lru_cache(maxsize=256)
@@ -64,9 +66,9 @@ def string_scalar(value: str) -> pa.StringScalar:
 
 
 @functools.lru_cache(maxsize=256)
-def int_scalar(value: int, type: pa.DataType = pa.int64()) -> pa.Scalar:  # noqa: A002
+def int_scalar(value: int, arrow_type: pa.DataType = _INT64) -> pa.Scalar:
     """``value`` as an Arrow int32 or int64 scalar."""
-    return int_array([value], type)[0]
+    return int_array([value], arrow_type)[0]
 
 
 def bool_scalar(value: bool) -> pa.BooleanScalar:
@@ -74,6 +76,6 @@ def bool_scalar(value: bool) -> pa.BooleanScalar:
     return pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x01" if value else b"\x00")])[0]
 
 
-def null_scalar(type: pa.DataType = pa.string()) -> pa.Scalar:  # noqa: A002
-    """A null of ``type``."""
-    return pa.nulls(1, type)[0]
+def null_scalar(arrow_type: pa.DataType = _STRING) -> pa.Scalar:
+    """A null of ``arrow_type``."""
+    return pa.nulls(1, arrow_type)[0]
