@@ -3,7 +3,7 @@
 Why this module exists: the first time a process converts a Python object to Arrow
 (``pa.scalar("x")``, ``pa.array([...])``, or a plain ``"x"`` or ``0`` passed to a ``pyarrow.compute``
 function), pyarrow's C++ side imports pandas if it is installed, to learn pandas' null markers. That
-costs ~50 MB of memory and ~0.5 s in a process that never uses pandas, which is the case of a task
+costs ~50 MB of memory and ~0.4 s in a process that never uses pandas, which is the case of a task
 that only moves a Bulk Write result (measured in ``benchmarks/results.md``). So the streaming core and
 the sinks build every literal they hand to Arrow with these functions, from buffers; a test checks that
 a whole load leaves pandas unimported.

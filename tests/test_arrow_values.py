@@ -1,7 +1,7 @@
 """``arrow_values`` and the reason for it: a whole load never makes pyarrow import pandas.
 
 pyarrow imports pandas (when installed) at a process's first conversion of a Python object to Arrow,
-which costs ~50 MB and ~0.5 s in a task that never uses pandas. The load runs in a fresh interpreter
+which costs ~50 MB and ~0.4 s in a task that never uses pandas. The load runs in a fresh interpreter
 here, since this test process has long imported pandas itself.
 """
 
