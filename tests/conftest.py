@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.gcs",
     "tests.fixtures.azurite",
+    "tests.fixtures.remote_stores",
     "tests.fixtures.postgres",
     "tests.fixtures.airflow_env",
     "tests.fixtures.running_airflow",

@@ -1,10 +1,23 @@
-"""Small builders shared by the sink tests (no I/O)."""
+"""Small builders and readers shared by the sink tests (no I/O)."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import json
+import lzma
+
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import zstandard
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA
+
+JOB = "4150868000004979001"
+MEMBER = "Leads-Leads.csv"
 
 
 def canonical_batch(job_id: str, file_name: str, rows: list[dict], first_row_number: int = 1) -> pa.RecordBatch:
@@ -50,3 +63,74 @@ def sample_rows(count: int, *, seed: int = 0) -> list[dict]:
                          "errors_raw": "INVALID_DATA-Lead-Source",
                          "source": {"Last_Name": "", "Email": None, "Company": "x"}})
     return rows
+
+
+def batches_of(rows: list[dict], file_name: str = MEMBER, size: int = 3,
+               job_id: str = JOB) -> list[tuple[str, pa.RecordBatch]]:
+    """Rows split into several canonical batches with continuing row numbers, as the core yields them."""
+    pieces = [canonical_batch(job_id, file_name, rows[start:start + size], first_row_number=start + 1)
+              for start in range(0, len(rows), size)]
+    return [(file_name, piece) for piece in pieces or [canonical_batch(job_id, file_name, [])]]
+
+
+def expected_rows(pairs: list[tuple[str, pa.RecordBatch]]) -> list[dict]:
+    """The input as plain Python rows, ``source`` as a dict (as JSON and CSV carry it)."""
+    rows = []
+    for _, batch in pairs:
+        for row in batch.to_pylist():
+            row["source"] = dict(row["source"])
+            rows.append(row)
+    return rows
+
+
+def decompressed(data: bytes, suffix: str) -> bytes:
+    """``data`` decompressed by the codec its file name's last ``suffix`` names (as is otherwise)."""
+    openers = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress,
+               ".zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read()}
+    return openers.get(suffix, lambda raw: raw)(data)
+
+
+def parse_jsonl(data: bytes) -> list[dict]:
+    text = data.decode("utf-8")
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def parse_csv(data: bytes) -> list[dict]:
+    """Read back with pyarrow: quoted "" is an empty string, an empty unquoted field is null."""
+    table = pa_csv.read_csv(
+        io.BytesIO(data),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={field.name: field.type for field in CSV_SCHEMA},
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+    )
+    assert table.column_names == CANONICAL_SCHEMA.names
+    rows = table.to_pylist()
+    for row in rows:
+        row["errors"] = json.loads(row["errors"])
+        row["source"] = json.loads(row["source"])
+    return rows
+
+
+def decoded_rows(name: str, data: bytes) -> list[dict]:
+    """Rows of an object's bytes, decoded by the extension of its ``name``, ``source`` as a dict."""
+    if name.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        assert table.schema.equals(CANONICAL_SCHEMA)
+        rows = table.to_pylist()
+        for row in rows:
+            row["source"] = dict(row["source"])
+        return rows
+    plain = decompressed(data, "." + name.rsplit(".", 1)[-1])
+    return parse_csv(plain) if ".csv" in name else parse_jsonl(plain)
+
+
+class CorruptArchive(Exception):
+    """Stands for the CRC error the unzip stage raises after a member's last byte."""
+
+
+def failing_after(pairs: list[tuple[str, pa.RecordBatch]], count: int):
+    """The first ``count`` batches, then the archive's integrity error."""
+    yield from pairs[:count]
+    raise CorruptArchive("CRC32 mismatch at the end of the member")

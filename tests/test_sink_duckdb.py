@@ -14,15 +14,10 @@ import pytest
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
-from tests.helpers import canonical_batch, sample_rows
-from tests.test_sink_object_storage import JOB, batches_of, expected_rows
+from tests.helpers import JOB, CorruptArchive, batches_of, canonical_batch, expected_rows, failing_after, sample_rows
 
 OTHER_JOB = "4150868000004979777"
 COLUMNS = "job_id, file_name, row_number, record_id, status, errors, errors_raw, source"
-
-
-class CorruptArchive(Exception):
-    """Stands for the CRC error the unzip stage raises after a member's last byte."""
 
 
 def rows_in(database: Path, table: str = "zoho_bulk_write_results", job_id: str | None = None) -> list[dict]:
@@ -38,11 +33,6 @@ def rows_in(database: Path, table: str = "zoho_bulk_write_results", job_id: str 
 def snapshot(database: Path, table: str = "zoho_bulk_write_results") -> list[tuple]:
     with duckdb.connect(str(database), read_only=True) as con:
         return con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
-
-
-def failing_after(pairs, count: int):
-    yield from pairs[:count]
-    raise CorruptArchive("CRC32 mismatch at the end of the member")
 
 
 @pytest.fixture
