@@ -79,12 +79,36 @@ def test_failed_rerun_leaves_the_previous_rows_exactly(database: Path) -> None:
     assert snapshot(database) == before
 
 
-def test_failed_first_load_leaves_no_table(database: Path) -> None:
+def staged_files(database: Path) -> list[str]:
+    """The staging files a load left beside the database."""
+    return sorted(path.name for path in database.parent.glob(f".{database.name}.zohobulk-*"))
+
+
+def test_a_broken_archive_never_opens_the_database(database: Path) -> None:
     with pytest.raises(CorruptArchive):
         load_batches(DuckDBSink(str(database), "analytics.results"), JOB, failing_after(batches_of(sample_rows(6)), 1))
+    assert not database.exists()
+    assert staged_files(database) == []
+
+
+def test_failure_inside_the_commit_transaction_leaves_no_table(database: Path) -> None:
+    """Schema and table were created and the job's rows deleted in the transaction, then the INSERT
+    failed (its staged rows vanished): all of it rolls back, and nothing is left beside the database."""
+    database.parent.mkdir(parents=True)
+    duckdb.connect(str(database)).close()
+    sink = DuckDBSink(str(database), "analytics.results")
+    sink.open(JOB)
+    for name, batch in batches_of(sample_rows(6)):
+        sink.write(name, batch)
+    [staged] = staged_files(database)
+    (database.parent / staged).unlink()
+    with pytest.raises(SinkError, match=r"inserting rows into DuckDB table 'analytics\.results'") as caught:
+        sink.commit()
+    assert caught.value.job_id == JOB
     with duckdb.connect(str(database), read_only=True) as con:
         tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
     assert tables == []
+    assert staged_files(database) == []
 
 
 def test_rows_arriving_twice_roll_everything_back(database: Path) -> None:
@@ -193,7 +217,9 @@ def test_a_locked_database_is_waited_for_then_loaded(database: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         with pytest.raises(SinkError, match="lock"):
-            DuckDBSink(str(database), lock_timeout=0).open(JOB)
+            load_batches(DuckDBSink(str(database), lock_timeout=0), JOB, batches_of(sample_rows(3)))
+        assert staged_files(database) == []
+        # The rows are staged while the file is locked: only the commit waits for it.
 
         outcome: dict[str, object] = {}
 
@@ -218,24 +244,35 @@ def test_a_locked_database_is_waited_for_then_loaded(database: Path) -> None:
 
 
 @pytest.mark.parametrize("keyed", [False, True])
-def test_buffer_pool_is_capped_during_a_load_unless_the_table_has_an_index(database: Path, keyed: bool) -> None:
+def test_buffer_pool_is_capped_during_a_load_unless_the_table_has_an_index(
+        database: Path, keyed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cap keeps memory flat, but DuckDB holds a key's index in memory for every row a load adds:
     with a cap, a large load into a keyed table would fail at COMMIT, so such a table loads uncapped."""
     if keyed:
         create_keyed_table(database)
     seen: list[str] = []
+    connect = duckdb.connect
 
-    def batches_noting_the_limit():
-        for pair in batches_of(sample_rows(3)):
-            # the load's DuckDB instance, shared by every connection of this process to the file
-            with duckdb.connect(str(database)) as con:
-                seen.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
-            yield pair
+    class NotingTheLimit:
+        """The load's connection, noting DuckDB's memory_limit when the INSERT starts."""
 
-    load_batches(DuckDBSink(str(database)), JOB, batches_noting_the_limit())
+        def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+            self.connection = connection
+
+        def execute(self, sql: str, *args):
+            if sql.startswith("INSERT"):
+                seen.append(self.connection.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+            return self.connection.execute(sql, *args)
+
+        def __getattr__(self, name: str):
+            return getattr(self.connection, name)
+
+    monkeypatch.setattr(duckdb, "connect", lambda *args, **kwargs: NotingTheLimit(connect(*args, **kwargs)))
+    load_batches(DuckDBSink(str(database)), JOB, batches_of(sample_rows(3)))
+    monkeypatch.undo()
     with duckdb.connect(str(database)) as con:
         after = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    assert seen and all(limit == seen[0] for limit in seen)
+    assert len(seen) == 1
     assert (seen[0] == "61.0 MiB") is not keyed
     assert rows_in(database) == expected_rows(batches_of(sample_rows(3)))
     assert after != "61.0 MiB"  # restored when the load ends

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -204,3 +205,10 @@ def load_batches(
     except BaseException:
         sink.abort()
         raise
+
+
+def remove_quietly(path: str | None) -> None:
+    """Delete a temporary file if it is still there."""
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)

@@ -1,15 +1,16 @@
 """DuckDBSink: canonical rows into a DuckDB table, replacing the job's earlier rows in one transaction.
 
-One load is ``BEGIN; CREATE TABLE IF NOT EXISTS; DELETE FROM t WHERE job_id = ?;`` then ONE
-``INSERT ... SELECT`` over every batch of the load, ``COMMIT`` at the end, or ``ROLLBACK`` when the
-archive turns out to be broken. The single INSERT reads a ``pyarrow.RecordBatchReader`` fed through a
-small bounded queue while a background thread runs the statement: one ``INSERT`` per batch inside one
-transaction kept every uncommitted row in DuckDB's memory until COMMIT (1.7 GB for 5 million rows),
-whereas one long INSERT appends full row groups that DuckDB writes to the database file as it goes.
-The load's connection also caps DuckDB's buffer pool (``memory_limit``, restored afterwards), which
-otherwise keeps those written blocks cached up to 80 % of the machine's RAM. DuckDB's DDL is
-transactional too, so a failed first load leaves no empty table behind, and a failed re-run leaves the
-job's earlier rows as they were.
+While the archive streams, the rows are staged in a Parquet file beside the database (zstd, one row
+group per batch: memory stays a few batches). Only at commit, once the archive is verified, is the
+database opened, and one transaction runs ``CREATE TABLE IF NOT EXISTS; DELETE FROM t WHERE job_id = ?;
+INSERT ... SELECT ... FROM read_parquet(staged file); COMMIT``; the staged file is deleted in every
+case. So a broken archive never touches the database, and the file's write lock (DuckDB admits one
+writing process) is held for the INSERT only, not for the whole download. One INSERT over the whole
+file lets DuckDB append full row groups to the database as it goes (one INSERT per batch inside one
+transaction kept every uncommitted row in memory until COMMIT: 1.7 GB for 5 million rows). The load's
+connection caps DuckDB's buffer pool (``memory_limit``, restored afterwards), which otherwise keeps
+written blocks cached up to 80 % of the machine's RAM. DuckDB's DDL is transactional too, so a failed
+first load leaves no empty table behind, and a failed re-run leaves the job's earlier rows as they were.
 
 The table keeps the nesting natively: ``errors STRUCT(code VARCHAR, columns VARCHAR[])[]`` and
 ``source MAP(VARCHAR, VARCHAR)`` (query them with ``unnest(errors)`` and ``source['Email']``), plus
@@ -17,9 +18,10 @@ The table keeps the nesting natively: ``errors STRUCT(code VARCHAR, columns VARC
 ``(job_id, file_name, row_number)`` by construction, without a PRIMARY KEY (see ``_DuckDBLoad._ddl``).
 Many jobs and modules share one table.
 
-A DuckDB file accepts one writing process at a time (it is locked while open). Parallel Airflow tasks
-writing to the same file therefore take turns: opening retries for up to ``lock_timeout`` seconds
-while another process holds the lock.
+Parallel Airflow tasks writing to the same file take turns: at commit, opening the database retries for
+up to ``lock_timeout`` seconds while another process holds the lock. The staged file needs disk space
+beside the database of about 13 MB per million rows; a process killed mid-load leaves it behind as
+``.<database name>.zohobulk-*.parquet``.
 
 Importing this module imports no Airflow.
 """
@@ -28,11 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import secrets
-import threading
+import tempfile
 import time
-from collections.abc import Iterator
+import weakref
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -41,18 +41,14 @@ import pyarrow as pa
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception
-from airflow_provider_zohobulk.sinks.formats import conform_batch
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception, remove_quietly
+from airflow_provider_zohobulk.sinks.formats import ParquetEncoder, conform_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 
 DEFAULT_DATABASE = "zoho_bulk.duckdb"
 DEFAULT_TABLE = "zoho_bulk_write_results"
 IN_MEMORY = ":memory:"
 _LOCK_RETRY_INTERVAL_S = 0.2
-#: Batches waiting for the INSERT thread: enough to keep it busy, few enough to bound memory.
-_QUEUE_DEPTH = 2
-#: How often a blocked hand-off looks whether the INSERT thread died (seconds).
-_HANDOFF_POLL_S = 0.1
 #: DuckDB's buffer pool during a load into a file: written blocks are evicted to the file beyond it.
 _LOAD_MEMORY_LIMIT = "64MB"
 
@@ -121,7 +117,7 @@ def _check_database(database: str) -> None:
 
 
 class _DuckDBLoad(StagedLoad):
-    """One load on its own DuckDB connection, inside one transaction from start to commit/abort."""
+    """One load: rows staged in a Parquet file while the archive streams, then one transaction at commit."""
 
     def __init__(self, database: str, table: str, job_id: str, lock_timeout: float) -> None:
         self.database = database
@@ -130,20 +126,18 @@ class _DuckDBLoad(StagedLoad):
         self.schema, self.table_name = split_table_name(table)
         self.job_id = job_id
         self.lock_timeout = lock_timeout
-        self.connection: duckdb.DuckDBPyConnection | None = None
         self.loaded_at = datetime.now(timezone.utc)
         columns = ", ".join(quote_ident(name, "duckdb") for name in CANONICAL_SCHEMA.names)
-        # Completed with the batch's view name per write (by concatenation: the table name may hold braces).
-        self.insert_sql_head = (
-            f"INSERT INTO {self.qualified} ({columns}, {quote_ident('loaded_at', 'duckdb')}) SELECT {columns}, ? FROM "
-        )
-        self.pending: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self.cancelled = threading.Event()
-        self.inserter: threading.Thread | None = None
-        self.insert_error: BaseException | None = None
-        #: The file of the last batch handed to the INSERT, named when the INSERT fails.
-        self.last_file_name: str | None = None
+        self.insert_sql = (f"INSERT INTO {self.qualified} ({columns}, {quote_ident('loaded_at', 'duckdb')}) "
+                           f"SELECT {columns}, ? FROM read_parquet(?)")
+        self.stage_path: str | None = None
+        self.stage_scope = contextlib.ExitStack()
+        self.encoder: ParquetEncoder | None = None
+        self.rows_staged = 0
+        self.connection: duckdb.DuckDBPyConnection | None = None
         self.previous_memory_limit: str | None = None
+        #: Deletes the staged file if the load is dropped without commit or abort.
+        self.guard: weakref.finalize | None = None
 
     def _ddl(self) -> str:
         """No PRIMARY KEY: DuckDB keeps a key's index in memory for every row the transaction adds, so a
@@ -156,7 +150,38 @@ class _DuckDBLoad(StagedLoad):
         return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({columns})"
 
     def start(self) -> None:
-        self.connection = self._connect()
+        """Create the staging file beside the database (same disk, same permissions); nothing of the
+        database is touched yet, so a broken archive never opens it."""
+        directory = tempfile.gettempdir() if self.database == IN_MEMORY else os.path.dirname(_local_path(self.database))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            handle, self.stage_path = tempfile.mkstemp(
+                prefix=f".{os.path.basename(self.database)}.zohobulk-", suffix=".parquet", dir=directory)
+            self.guard = weakref.finalize(self, remove_quietly, self.stage_path)
+            stream = self.stage_scope.enter_context(os.fdopen(handle, "wb"))
+            self.encoder = ParquetEncoder(stream)
+            self.stage_scope.callback(self.encoder.finish)  # the footer, before the file closes
+        except Exception as exc:
+            self.abort()
+            raise self._failure("staging rows for", exc) from exc
+
+    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
+        assert self.encoder is not None
+        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=self.table)
+        try:
+            self.encoder.write(batch)
+        except Exception as exc:  # a full disk
+            raise self._failure("staging rows for", exc, file_name) from exc
+        self.rows_staged += batch.num_rows
+
+    def commit(self) -> None:
+        try:
+            self.stage_scope.close()  # the Parquet footer, then the file
+        except Exception as exc:
+            self.abort()
+            raise self._failure("staging rows for", exc) from exc
+        self.connection = self._connect()  # waits for another writer's lock; raises after cleaning up
+        action = "starting the load into"
         try:
             self.connection.execute("BEGIN TRANSACTION")
             if self.schema is not None:
@@ -166,11 +191,34 @@ class _DuckDBLoad(StagedLoad):
                 self._limit_memory(self.connection)
             self.connection.execute(
                 f"DELETE FROM {self.qualified} WHERE {quote_ident('job_id', 'duckdb')} = ?", [self.job_id])
+            action = "inserting rows into"
+            if self.rows_staged:
+                self.connection.execute(self.insert_sql, [self.loaded_at, self.stage_path])
+            action = "committing the load into"
+            self.connection.execute("COMMIT")
         except Exception as exc:
             self.abort()
-            raise self._failure("starting the load into", exc) from exc
-        self.inserter = threading.Thread(target=self._insert_all, name="zohobulk-duckdb-insert", daemon=True)
-        self.inserter.start()
+            raise self._failure(action, exc) from exc
+        self._restore_memory_limit(self.connection)
+        with contextlib.suppress(Exception):
+            self.connection.close()
+        self._remove_stage()
+
+    def abort(self) -> None:
+        """Roll back and close if the database was opened; delete the staged rows. Never raises."""
+        with contextlib.suppress(Exception):
+            self.stage_scope.close()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.execute("ROLLBACK")
+            self._restore_memory_limit(self.connection)
+            with contextlib.suppress(Exception):
+                self.connection.close()  # closing alone also discards an open transaction
+        self._remove_stage()
+
+    def _remove_stage(self) -> None:
+        if self.guard is not None:
+            self.guard()  # deletes the staged file, once
 
     def _has_index(self) -> bool:
         """Whether the table (one you created) has a key, UNIQUE constraint or index: DuckDB holds those
@@ -200,121 +248,27 @@ class _DuckDBLoad(StagedLoad):
             with contextlib.suppress(Exception):
                 connection.execute(f"SET memory_limit = '{self.previous_memory_limit.replace(chr(39), '')}'")
 
-    def _queued_batches(self) -> Iterator[pa.RecordBatch]:
-        """What the INSERT reads: the batches :meth:`write` hands over, until commit's end marker.
-
-        Raising here (abort) makes DuckDB fail the INSERT, which leaves the transaction to roll back.
-        """
-        while True:
-            batch = self.pending.get()
-            if batch is None:
-                if self.cancelled.is_set():
-                    raise SinkError("load aborted", job_id=self.job_id)
-                return
-            yield batch
-
-    def _insert_all(self) -> None:
-        """The one INSERT of the load, run in its own thread while the caller keeps writing batches."""
-        assert self.connection is not None
-        view = f"zoho_bulk_batches_{secrets.token_hex(6)}"
-        reader = pa.RecordBatchReader.from_batches(CANONICAL_SCHEMA, self._queued_batches())
-        try:
-            self.connection.register(view, reader)
-            try:
-                self.connection.execute(self.insert_sql_head + quote_ident(view, "duckdb"), [self.loaded_at])
-            finally:  # in an aborted transaction this fails too, and must not replace the real error
-                with contextlib.suppress(duckdb.Error):
-                    self.connection.unregister(view)
-        except BaseException as exc:  # reported by write/commit in the caller's thread
-            self.insert_error = exc
-            self._drain()
-
-    def _drain(self) -> None:
-        """Empty the queue after a failed INSERT, so that a writer blocked on it wakes up."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.pending.get_nowait()
-
-    def _hand_over(self, batch: pa.RecordBatch | None) -> None:
-        """Queue ``batch`` (None: the end) for the INSERT thread, unless that thread already stopped."""
-        assert self.inserter is not None
-        while self.inserter.is_alive():
-            try:
-                self.pending.put(batch, timeout=_HANDOFF_POLL_S)
-                return
-            except queue.Full:
-                continue
-
-    def _raise_if_insert_failed(self) -> None:
-        """Report a failed INSERT (a constraint violation, a full disk) in the caller's thread."""
-        if self.insert_error is not None:
-            error = self.insert_error
-            raise self._failure("inserting rows into", error, self.last_file_name) from error
-
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Connect, waiting while another process holds the file's lock (DuckDB allows one writer)."""
-        if self.database != IN_MEMORY:
-            directory = os.path.dirname(os.path.abspath(os.path.expanduser(self.database)))
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise self._failure("creating the directory of", exc) from exc
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
-                return duckdb.connect(os.path.expanduser(self.database))
+                return duckdb.connect(self.database if self.database == IN_MEMORY else _local_path(self.database))
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    self.abort()
                     raise self._failure("opening", exc) from exc
                 time.sleep(_LOCK_RETRY_INTERVAL_S)
             except duckdb.Error as exc:
+                self.abort()
                 raise self._failure("opening", exc) from exc
-
-    def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        assert self.connection is not None
-        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=self.table)
-        self._raise_if_insert_failed()
-        if not batch.num_rows:
-            return
-        self.last_file_name = file_name
-        self._hand_over(batch)
-        self._raise_if_insert_failed()
-
-    def commit(self) -> None:
-        assert self.connection is not None and self.inserter is not None
-        self._hand_over(None)
-        self.inserter.join()
-        try:
-            self._raise_if_insert_failed()
-        except SinkError:
-            self.abort()
-            raise
-        try:
-            self.connection.execute("COMMIT")
-        except Exception as exc:
-            self.abort()
-            raise self._failure("committing the load into", exc) from exc
-        self._restore_memory_limit(self.connection)
-        with contextlib.suppress(Exception):
-            self.connection.close()
-
-    def abort(self) -> None:
-        """Roll back and close; closing alone also discards an open transaction if the rollback fails."""
-        if self.connection is None:
-            return
-        if self.inserter is not None and self.inserter.is_alive():
-            self.cancelled.set()
-            self._drain()  # room for the end marker, which now means "fail the INSERT"
-            self._hand_over(None)
-            self.inserter.join()
-        with contextlib.suppress(Exception):
-            self.connection.execute("ROLLBACK")
-        self._restore_memory_limit(self.connection)
-        with contextlib.suppress(Exception):
-            self.connection.close()
 
     def _failure(self, action: str, exc: BaseException, file_name: str | None = None) -> SinkError:
         return SinkError(
             f"{action} DuckDB table {self.table!r} in {self.database!r} failed, nothing was changed: "
             f"{describe_exception(exc)}",
             job_id=self.job_id, file_name=file_name)
+
+
+def _local_path(database: str) -> str:
+    return os.path.abspath(os.path.expanduser(database))

@@ -59,6 +59,7 @@ from airflow_provider_zohobulk.sinks.base import (
     StagedSink,
     describe_exception,
     is_templated,
+    remove_quietly,
     unwind_as_failed,
 )
 from airflow_provider_zohobulk.sinks.formats import (
@@ -344,7 +345,7 @@ class _Load(StagedLoad):
             scope.callback(encoder.finish)
         except Exception as exc:
             unwind_as_failed(scope, self.job_id)
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             if isinstance(exc, SinkError):
                 raise
             raise SinkError(f"opening {target!r} for writing failed: {describe_exception(exc)}",
@@ -388,14 +389,8 @@ def _discard_all(staged_objects: list[_StagedObject], job_id: str) -> None:
     """Cancel every staged upload and delete every temporary file; never raises."""
     for staged in staged_objects:
         unwind_as_failed(staged.scope, job_id)
-        _remove_quietly(staged.temp_path)
+        remove_quietly(staged.temp_path)
         staged.temp_path = None
-
-
-def _remove_quietly(path: str | None) -> None:
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
 
 
 def _compressor(raw: BinaryIO, compression: str | None) -> BinaryIO | None:
