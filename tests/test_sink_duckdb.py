@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -89,6 +90,19 @@ def test_a_broken_archive_never_opens_the_database(database: Path) -> None:
         load_batches(DuckDBSink(str(database), "analytics.results"), JOB, failing_after(batches_of(sample_rows(6)), 1))
     assert not database.exists()
     assert staged_files(database) == []
+
+
+def test_a_dropped_sink_leaves_no_staged_file(database: Path) -> None:
+    """A sink garbage-collected between open and commit (a task killed by an exception elsewhere)."""
+    sink = DuckDBSink(str(database))
+    sink.open(JOB)
+    for name, batch in batches_of(sample_rows(5)):
+        sink.write(name, batch)
+    assert len(staged_files(database)) == 1
+    del sink
+    gc.collect()
+    assert staged_files(database) == []
+    assert not database.exists()
 
 
 def test_failure_inside_the_commit_transaction_leaves_no_table(database: Path) -> None:
