@@ -281,7 +281,8 @@ def test_progress_is_logged(sandbox_conn, tmp_path, caplog, capsys):
                                                 sink=DuckDBSink(str(tmp_path / "d.duckdb")), hook_kwargs=FAST_HOOK))
     text = caplog.text + capsys.readouterr().out  # the task logger writes through structlog
     assert "progress:" in text and "rows/s" in text
-    assert "done:" in text
+    assert f"Read and verified the whole archive of job {job_id} (100 rows); committing them to the DuckDBSink" in text
+    assert "done:" in text and text.index("committing them") < text.index("done:")
 
 
 def test_summary_and_logs_hold_no_secret(sandbox_conn, tmp_path, caplog, capsys):

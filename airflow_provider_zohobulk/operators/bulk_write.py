@@ -216,6 +216,9 @@ class ZohoBulkWriteResultOperator(BaseOperator):
                 for file_name, batch in progress.count_rows(batches):
                     stats.add(file_name, batch)
                     yield file_name, batch
+                # A commit can take a while (DuckDB inserts the staged rows then): say why the log pauses.
+                self.log.info("Read and verified the whole archive of job %s (%d rows); committing them to the %s",
+                              job_id, stats.rows, type(self.sink).__name__)
 
             try:
                 destinations = load_batches(self.sink, job_id, counted())
