@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-__all__ = ["bool_scalar", "int_array", "int_scalar", "null_scalar", "string_array", "string_scalar"]
+__all__ = ["bool_scalar", "empty_batch", "int_array", "int_scalar", "null_scalar", "string_array", "string_scalar"]
 
 _INT64, _STRING = pa.int64(), pa.string()
 _ARRAY_CODES: dict[pa.DataType, str] = {pa.int32(): "i", _INT64: "q"}
@@ -79,3 +79,8 @@ def bool_scalar(value: bool) -> pa.BooleanScalar:
 def null_scalar(arrow_type: pa.DataType = _STRING) -> pa.Scalar:
     """A null of ``arrow_type``."""
     return pa.nulls(1, arrow_type)[0]
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A zero-row batch of ``schema``: it still tells the next stage the columns."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, field.type) for field in schema], schema=schema)

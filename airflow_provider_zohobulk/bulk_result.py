@@ -38,7 +38,6 @@ __all__ = [
     "ERROR_TYPE",
     "KNOWN_ERROR_CODES",
     "ResultStats",
-    "empty_canonical_batch",
     "normalise_status",
     "parse_errors",
     "read_bulk_write_result",
@@ -60,11 +59,6 @@ CANONICAL_SCHEMA = pa.schema(
         pa.field("source", pa.map_(pa.string(), pa.string()), nullable=False),
     ]
 )
-
-
-def empty_canonical_batch() -> pa.RecordBatch:
-    """A zero-row batch in the canonical layout: it still tells an encoder the columns."""
-    return pa.RecordBatch.from_arrays([pa.nulls(0, field.type) for field in CANONICAL_SCHEMA], schema=CANONICAL_SCHEMA)
 
 
 #: The error codes Zoho documents for Bulk Write results; others are kept, not rejected.

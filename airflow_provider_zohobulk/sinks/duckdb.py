@@ -93,7 +93,7 @@ class DuckDBSink(StagedSink):
 
     @property
     def asset_uri(self) -> str:
-        path = IN_MEMORY if self.database == IN_MEMORY else os.path.abspath(os.path.expanduser(self.database))
+        path = IN_MEMORY if self.database == IN_MEMORY else _local_path(self.database)
         # The parsed parts, not the text: "results" and results are one table, so one Asset.
         table_path = "/".join(quote(part, safe="") for part in split_table_name(self.table) if part is not None)
         return f"duckdb://{quote('/' + path.lstrip('/'), safe='/:')}/{table_path}"

@@ -48,9 +48,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from airflow_provider_zohobulk.arrow_values import bool_scalar, int_array, int_scalar, null_scalar, string_array
+from airflow_provider_zohobulk.arrow_values import (
+    bool_scalar,
+    empty_batch,
+    int_array,
+    int_scalar,
+    null_scalar,
+    string_array,
+)
 from airflow_provider_zohobulk.arrow_values import string_scalar as lit  # short: JSON is built of many literals
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA, empty_canonical_batch
+from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 
 PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
@@ -290,7 +297,7 @@ class CsvEncoder(BatchEncoder):
 
     def finish(self) -> None:
         if not self.header_written:
-            self.write(empty_canonical_batch())
+            self.write(empty_batch(CANONICAL_SCHEMA))
 
 
 class JsonLinesEncoder(BatchEncoder):

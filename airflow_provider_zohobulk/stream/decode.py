@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from airflow_provider_zohobulk.arrow_values import empty_batch
 from airflow_provider_zohobulk.errors import CsvFormatError
 
 __all__ = ["iter_csv_batches", "unique_column_names"]
@@ -191,7 +192,7 @@ class CsvDecoder:
     def empty_batch(self) -> pa.RecordBatch:
         """The one zero-row batch of a header-only file: it still tells sinks the columns."""
         assert self.schema is not None
-        return pa.RecordBatch.from_arrays([pa.nulls(0, pa.string()) for _ in self.names], schema=self.schema)
+        return empty_batch(self.schema)
 
 
 def strict_csv_rows(text: str, max_field_chars: int) -> Iterator[list[str]]:
