@@ -18,6 +18,7 @@ os.environ.setdefault("ZOHOBULK_OUTPUT_DIR", str(_session_dir / "output"))
 
 pytest_plugins = [
     "tests.fixtures.zips",
+    "tests.fixtures.staging",
     "tests.fixtures.s3",
     "tests.fixtures.gcs",
     "tests.fixtures.azurite",

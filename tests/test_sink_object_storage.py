@@ -170,12 +170,13 @@ def test_rerun_replaces_the_file(tmp_path: Path, rows: list[dict]) -> None:
     assert read_csv(target) == expected_rows(batches_of(rows[:3]))
 
 
-def test_sink_dropped_without_commit_or_abort_leaves_nothing(tmp_path: Path, rows: list[dict]) -> None:
+def test_sink_dropped_without_commit_or_abort_leaves_nothing(
+        tmp_path: Path, rows: list[dict], staging_mode: str) -> None:
     sink = ObjectStorageSink(str(tmp_path / "out.parquet"))
     sink.open(JOB)
     for name, batch in batches_of(rows):
         sink.write(name, batch)
-    assert len(os.listdir(tmp_path)) == 1  # the temporary file
+    assert len(os.listdir(tmp_path)) == (0 if staging_mode == "anonymous" else 1)  # the staging file
     del sink
     gc.collect()
     assert os.listdir(tmp_path) == []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -207,8 +206,3 @@ def load_batches(
         raise
 
 
-def remove_quietly(path: str | None) -> None:
-    """Delete a temporary file if it is still there."""
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)

@@ -20,8 +20,10 @@ Many jobs and modules share one table.
 
 Parallel Airflow tasks writing to the same file take turns: at commit, opening the database retries for
 up to ``lock_timeout`` seconds while another process holds the lock. The staged file needs disk space
-beside the database of about 13 MB per million rows; a process killed mid-load leaves it behind as
-``.<database name>.zohobulk-*.parquet``.
+beside the database of about 13 MB per million rows. It is a
+:class:`~airflow_provider_zohobulk.sinks.staging_file.StagingFile`: on Linux it has no name, so even a
+process killed mid-load leaves nothing behind; elsewhere it is ``.<database name>.zohobulk.*.parquet``
+until the load ends.
 
 Importing this module imports no Airflow.
 """
@@ -32,7 +34,6 @@ import contextlib
 import os
 import tempfile
 import time
-import weakref
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -41,9 +42,10 @@ import pyarrow as pa
 
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
-from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception, remove_quietly
+from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception
 from airflow_provider_zohobulk.sinks.formats import ParquetEncoder, conform_batch
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
+from airflow_provider_zohobulk.sinks.staging_file import StagingFile
 
 DEFAULT_DATABASE = "zoho_bulk.duckdb"
 DEFAULT_TABLE = "zoho_bulk_write_results"
@@ -130,14 +132,12 @@ class _DuckDBLoad(StagedLoad):
         columns = ", ".join(quote_ident(name, "duckdb") for name in CANONICAL_SCHEMA.names)
         self.insert_sql = (f"INSERT INTO {self.qualified} ({columns}, {quote_ident('loaded_at', 'duckdb')}) "
                            f"SELECT {columns}, ? FROM read_parquet(?)")
-        self.stage_path: str | None = None
-        self.stage_scope = contextlib.ExitStack()
+        #: The staged rows; it deletes itself if the load is dropped without commit or abort.
+        self.stage: StagingFile | None = None
         self.encoder: ParquetEncoder | None = None
         self.rows_staged = 0
         self.connection: duckdb.DuckDBPyConnection | None = None
         self.previous_memory_limit: str | None = None
-        #: Deletes the staged file if the load is dropped without commit or abort.
-        self.guard: weakref.finalize | None = None
 
     def _ddl(self) -> str:
         """No PRIMARY KEY: DuckDB keeps a key's index in memory for every row the transaction adds, so a
@@ -154,13 +154,8 @@ class _DuckDBLoad(StagedLoad):
         database is touched yet, so a broken archive never opens it."""
         directory = tempfile.gettempdir() if self.database == IN_MEMORY else os.path.dirname(_local_path(self.database))
         try:
-            os.makedirs(directory, exist_ok=True)
-            handle, self.stage_path = tempfile.mkstemp(
-                prefix=f".{os.path.basename(self.database)}.zohobulk-", suffix=".parquet", dir=directory)
-            self.guard = weakref.finalize(self, remove_quietly, self.stage_path)
-            stream = self.stage_scope.enter_context(os.fdopen(handle, "wb"))
-            self.encoder = ParquetEncoder(stream)
-            self.stage_scope.callback(self.encoder.finish)  # the footer, before the file closes
+            self.stage = StagingFile(directory, f"{os.path.basename(self.database)}.zohobulk", ".parquet")
+            self.encoder = ParquetEncoder(self.stage.stream)
         except Exception as exc:
             self.abort()
             raise self._failure("staging rows for", exc) from exc
@@ -175,8 +170,10 @@ class _DuckDBLoad(StagedLoad):
         self.rows_staged += batch.num_rows
 
     def commit(self) -> None:
+        assert self.stage is not None and self.encoder is not None
         try:
-            self.stage_scope.close()  # the Parquet footer, then the file
+            self.encoder.finish()  # the Parquet footer
+            self.stage.flush()
         except Exception as exc:
             self.abort()
             raise self._failure("staging rows for", exc) from exc
@@ -193,7 +190,7 @@ class _DuckDBLoad(StagedLoad):
                 f"DELETE FROM {self.qualified} WHERE {quote_ident('job_id', 'duckdb')} = ?", [self.job_id])
             action = "inserting rows into"
             if self.rows_staged:
-                self.connection.execute(self.insert_sql, [self.loaded_at, self.stage_path])
+                self.connection.execute(self.insert_sql, [self.loaded_at, self.stage.reader_path])
             action = "committing the load into"
             self.connection.execute("COMMIT")
         except Exception as exc:
@@ -206,8 +203,6 @@ class _DuckDBLoad(StagedLoad):
 
     def abort(self) -> None:
         """Roll back and close if the database was opened; delete the staged rows. Never raises."""
-        with contextlib.suppress(Exception):
-            self.stage_scope.close()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 self.connection.execute("ROLLBACK")
@@ -217,8 +212,11 @@ class _DuckDBLoad(StagedLoad):
         self._remove_stage()
 
     def _remove_stage(self) -> None:
-        if self.guard is not None:
-            self.guard()  # deletes the staged file, once
+        if self.encoder is not None:
+            with contextlib.suppress(Exception):
+                self.encoder.finish()  # else the Parquet writer would write its footer to a closed file when collected
+        if self.stage is not None:
+            self.stage.discard()
 
     def _has_index(self) -> bool:
         """Whether the table (one you created) has a key, UNIQUE constraint or index: DuckDB holds those

@@ -21,8 +21,10 @@ must survive a failed load. How each place guarantees it:
   cancels them. Their chunk or block size, and so their memory per open object, is the sink's
   ``min_part_size`` (16 MiB) like S3's part size, not smart-open's defaults (50 MiB for GCS, 64 MiB
   for Azure), unless ``transport_params`` sets ``min_part_size``.
-- Local paths and ``file://``: a hidden temporary file in the destination directory (created with
-  its parents), renamed over the destination with ``os.replace`` on commit, deleted on abort.
+- Local paths and ``file://``: a :class:`~airflow_provider_zohobulk.sinks.staging_file.StagingFile`
+  in the destination directory (created with its parents): on Linux a file with no name, so nothing
+  is left even when the process is killed; on commit it is synced and renamed over the destination
+  with ``os.replace``; abort closes it.
 
 When an archive holds several CSV files, each goes to its own object (``{file}`` in the URI); these
 objects become visible one after the other at commit: each one atomically, not all together.
@@ -44,7 +46,6 @@ import gzip
 import lzma
 import os
 import re
-import secrets
 import weakref
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -59,7 +60,6 @@ from airflow_provider_zohobulk.sinks.base import (
     StagedSink,
     describe_exception,
     is_templated,
-    remove_quietly,
     unwind_as_failed,
 )
 from airflow_provider_zohobulk.sinks.formats import (
@@ -71,6 +71,7 @@ from airflow_provider_zohobulk.sinks.formats import (
     conform_batch,
     make_encoder,
 )
+from airflow_provider_zohobulk.sinks.staging_file import StagingFile
 
 FILE_PLACEHOLDER = "{file}"
 COMPRESSION_EXTENSIONS: tuple[str, ...] = (".gz", ".bz2", ".xz", ".zst")
@@ -275,7 +276,7 @@ class _StagedObject:
     uri: str
     scope: contextlib.ExitStack
     encoder: BatchEncoder
-    temp_path: str | None = None  # local destinations only
+    local: StagingFile | None = None  # local destinations only
     final_path: str | None = None
 
 
@@ -321,16 +322,14 @@ class _Load(StagedLoad):
 
     def _open_object(self, target: str, file_name: str | None) -> _StagedObject:
         scope = contextlib.ExitStack()
-        temp_path = final_path = None
+        local = final_path = None
         try:
             if self.destination.is_local:
                 final_path = local_path(target)
                 directory, name = os.path.split(final_path)
-                os.makedirs(directory, exist_ok=True)
-                temp_path = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-                # Exclusive create, and the umask applies as for any new file; smart-open would only
-                # forward to the builtin open for a local path.
-                raw: BinaryIO = scope.enter_context(open(temp_path, "xb"))  # noqa: SIM115
+                # Not smart-open: it would only forward to the builtin open for a local path.
+                local = StagingFile(directory, name)
+                raw: BinaryIO = local.stream  # stays open after the scope: publish() closes it
             else:
                 import smart_open  # here, not at the top: with boto3 installed it costs ~40 MB and 1 s to import
 
@@ -345,12 +344,13 @@ class _Load(StagedLoad):
             scope.callback(encoder.finish)
         except Exception as exc:
             unwind_as_failed(scope, self.job_id)
-            remove_quietly(temp_path)
+            if local is not None:
+                local.discard()
             if isinstance(exc, SinkError):
                 raise
             raise SinkError(f"opening {target!r} for writing failed: {describe_exception(exc)}",
                             job_id=self.job_id, file_name=file_name) from exc
-        staged = _StagedObject(target, scope, encoder, temp_path, final_path)
+        staged = _StagedObject(target, scope, encoder, local, final_path)
         self.staged.append(staged)
         return staged
 
@@ -361,17 +361,17 @@ class _Load(StagedLoad):
             if not self.staged and not self.destination.per_file:
                 # No CSV member at all: the one destination still reflects the (empty) result.
                 self._open_object(self.destination.uri, None)
-            # Local files are all closed before the first rename, so a failure in any of them publishes none.
+            # Local files are all finished before the first is published, so a failure in any of them publishes none.
             for staged in self.staged:
                 current = staged.uri
                 staged.scope.close()  # remote: the object appears here
-                if staged.temp_path is None:
+                if staged.local is None:
                     published.append(staged.uri)
             for staged in self.staged:
-                if staged.temp_path is not None and staged.final_path is not None:
+                if staged.local is not None and staged.final_path is not None:
                     current = staged.uri
-                    os.replace(staged.temp_path, staged.final_path)
-                    staged.temp_path = None
+                    staged.local.publish(staged.final_path)
+                    staged.local = None
                     published.append(staged.uri)
         except Exception as exc:
             self.abort()
@@ -389,8 +389,9 @@ def _discard_all(staged_objects: list[_StagedObject], job_id: str) -> None:
     """Cancel every staged upload and delete every temporary file; never raises."""
     for staged in staged_objects:
         unwind_as_failed(staged.scope, job_id)
-        remove_quietly(staged.temp_path)
-        staged.temp_path = None
+        if staged.local is not None:
+            staged.local.discard()
+            staged.local = None
 
 
 def _compressor(raw: BinaryIO, compression: str | None) -> BinaryIO | None:
