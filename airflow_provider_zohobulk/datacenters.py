@@ -62,14 +62,23 @@ class ZohoEndpoints:
     upload_url: str
     crm_web_url: str
     token_hosts: frozenset[str]
+    #: Hosts the connection itself names with an ``http://`` URL (a local sandbox): the only ones that
+    #: may receive the token without TLS.
+    plain_http_hosts: frozenset[str] = frozenset()
 
     @property
     def token_url(self) -> str:
         return f"{self.accounts_url}/oauth/v2/token"
 
     def may_receive_token(self, url: str) -> bool:
-        """Whether ``url``'s host is one the token may be sent to (exact host name, any port)."""
-        return _host(url) in self.token_hosts
+        """Whether the token may be sent to ``url``: one of :attr:`token_hosts` (exact host name, any
+        port), over https unless the connection names that host with ``http://`` itself. So a redirect
+        from a Zoho host to ``http://`` never carries the token in clear text."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if host not in self.token_hosts:
+            return False
+        return parts.scheme.lower() == "https" or (parts.scheme.lower() == "http" and host in self.plain_http_hosts)
 
 
 def resolve_endpoints(
@@ -103,7 +112,13 @@ def resolve_endpoints(
     }
     if isinstance(download_hosts, str):
         download_hosts = download_hosts.split(",")
-    hosts.update(h.strip().lower() for h in (download_hosts or ()) if h and h.strip())
+    plain_http = {_host(url) for url in (api, accounts) if urlsplit(url).scheme.lower() == "http"}
+    for entry in (h.strip().lower() for h in (download_hosts or ()) if h and h.strip()):
+        # A bare host name gets the token over https only; "http://host" opts that host into plain http.
+        host = _host(entry) if "://" in entry else entry
+        hosts.add(host)
+        if entry.startswith("http://"):
+            plain_http.add(host)
     # Overridden API domains (the local sandbox, a sandbox org) upload to themselves.
     upload_url = f"{api}/crm/v8/upload" if api_domain else f"https://{upload_host}/crm/v8/upload"
     return ZohoEndpoints(
@@ -113,4 +128,5 @@ def resolve_endpoints(
         upload_url=upload_url,
         crm_web_url=web,
         token_hosts=frozenset(hosts),
+        plain_http_hosts=frozenset(plain_http),
     )

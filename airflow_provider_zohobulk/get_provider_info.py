@@ -87,7 +87,8 @@ def get_provider_info() -> dict:
                     },
                     "download_hosts": {
                         "label": "Extra download hosts",
-                        "description": "Comma-separated host names that may also receive the token on downloads.",
+                        "description": "Comma-separated host names that may also receive the token on downloads, over "
+                                       "https; write http://host to allow plain http (a local emulator).",
                         "schema": {"type": ["string", "null"]},
                     },
                     # Not "token_cache": Airflow masks the value of every extra whose key contains "token",

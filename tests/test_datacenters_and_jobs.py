@@ -48,6 +48,19 @@ def test_a_token_never_crosses_data_centres():
     assert not us.may_receive_token("https://www.zohoapis.com.evil.example/x")
 
 
+def test_the_token_never_travels_over_plain_http_to_zoho():
+    """A redirect from a Zoho host to http:// would put the token on the wire in clear text."""
+    us = resolve_endpoints("us")
+    assert us.may_receive_token("https://www.zohoapis.com/crm/bulk/v8/write/1")
+    assert not us.may_receive_token("http://www.zohoapis.com/crm/bulk/v8/write/1")
+    assert not us.may_receive_token("http://download-accl.zoho.com/x.zip")
+    assert not us.may_receive_token("ftp://www.zohoapis.com/x")
+    # Only a host the connection itself names with http:// (a local sandbox) is exempt, and only it.
+    local = resolve_endpoints("us", api_domain="http://127.0.0.1:8080", accounts_url="http://127.0.0.1:8080")
+    assert local.may_receive_token("http://127.0.0.1:8080/crm/bulk/v8/write/1")
+    assert not local.may_receive_token("http://www.zohoapis.com/crm/bulk/v8/write/1")
+
+
 def test_overrides_and_extra_hosts():
     endpoints = resolve_endpoints("uk", api_domain="https://www.zohoapis.uk/", accounts_url="http://127.0.0.1:9/",
                                   download_hosts="files.example.zoho.uk, other.zoho.uk")

@@ -18,12 +18,14 @@ from airflow_provider_zohobulk.errors import (
     InvalidClientSecretError,
     InvalidRefreshTokenError,
     TokenThrottledError,
+    ZohoApiError,
     ZohoConfigurationError,
     ZohoConnectionError,
     ZohoNotFoundError,
     ZohoRateLimitError,
     ZohoScopeError,
     ZohoServerError,
+    ZohoTokenRejectedError,
 )
 from airflow_provider_zohobulk.hooks.token_cache import CachedToken, get_token_cache
 from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
@@ -360,6 +362,9 @@ def test_download_hosts_extends_the_allowlist(monkeypatch, zoho_sandbox):
     job_id = zoho_sandbox.create_job_from_zip(payload)
     hook = make_hook(monkeypatch, zoho_sandbox, extra={"download_hosts": "localhost"})
     url = hook.get_bulk_write_job(job_id)["result"]["download_url"].replace("127.0.0.1", "localhost")
+    with pytest.raises(DisallowedHostError, match="plain http"):  # a bare host name: https only
+        hook.stream_download(url).__enter__()
+    hook = make_hook(monkeypatch, zoho_sandbox, extra={"download_hosts": "http://localhost"})
     with hook.stream_download(url) as download:
         assert b"".join(download) == payload
     last = zoho_sandbox.stats()["requests"][-1]
@@ -371,13 +376,32 @@ def test_redirect_to_foreign_host_drops_the_token(monkeypatch, zoho_sandbox):
     hook = make_hook(monkeypatch, zoho_sandbox)
     url = hook.get_bulk_write_job(job_id)["result"]["download_url"]
     foreign = url.replace("127.0.0.1", "localhost")
-    zoho_sandbox.add_fault("redirect", location=foreign)
-    with hook.stream_download(url) as download:  # served here, as a pre-signed CDN link would be
-        b"".join(download)
+    minted = zoho_sandbox.stats()["tokens_minted"]
+    zoho_sandbox.add_fault("redirect", location=foreign, presigned=True)  # as a CDN's pre-signed link
+    with hook.stream_download(url) as download:
+        assert b"".join(download) == small_zip()
     requests_seen = zoho_sandbox.stats()["requests"]
     redirected = [r for r in requests_seen if r["host"].startswith("localhost")]
-    assert redirected, requests_seen[-3:]
+    assert len(redirected) == 1, requests_seen[-3:]  # served at once: no retry, no refresh
     assert not any(r["authorized"] for r in redirected)
+    assert zoho_sandbox.stats()["tokens_minted"] == minted
+
+
+def test_a_401_from_a_host_never_given_the_token_keeps_the_token(monkeypatch, zoho_sandbox):
+    """The foreign host's refusal says nothing about Zoho's token: no new token is minted, and the
+    error names the host that refused instead of blaming the connection's data centre."""
+    job_id = zoho_sandbox.create_job_from_zip(small_zip())
+    hook = make_hook(monkeypatch, zoho_sandbox)
+    url = hook.get_bulk_write_job(job_id)["result"]["download_url"]
+    token = hook.get_access_token()
+    minted = zoho_sandbox.stats()["tokens_minted"]
+    zoho_sandbox.add_fault("redirect", location=url.replace("127.0.0.1", "localhost"))  # not signed: 401
+    with pytest.raises(ZohoApiError) as caught, hook.stream_download(url, job_id=job_id):
+        pass
+    assert not isinstance(caught.value, ZohoTokenRejectedError)
+    assert "'localhost' is not a Zoho host" in str(caught.value) and caught.value.job_id == job_id
+    assert zoho_sandbox.stats()["tokens_minted"] == minted
+    assert hook.get_access_token() == token
 
 
 # --- secrets ----------------------------------------------------------------------------------------

@@ -373,6 +373,7 @@ class ZohoCrmHook(BaseHook):
         current = url
         sent_token = None
         for _hop in range(MAX_REDIRECTS + 1):
+            sent_token = None  # of the hop that answers: a 401 from a host never given the token is not Zoho's
             request_headers = dict(headers or {})
             if attach_token and self.endpoints.may_receive_token(current):
                 sent_token = self.get_access_token()
@@ -413,6 +414,11 @@ class ZohoCrmHook(BaseHook):
         return response
 
     def _check_host(self, url: str) -> None:
+        if not self.endpoints.may_receive_token(url) and urlsplit(url).hostname in self.endpoints.token_hosts:
+            raise DisallowedHostError(
+                f"refusing to send the Zoho token over plain http to {urlsplit(url).hostname!r}: Zoho's hosts "
+                "are reached over https (only a host the connection itself names with http://, such as a local "
+                "sandbox, is exempt)")
         if not self.endpoints.may_receive_token(url):
             raise DisallowedHostError(
                 f"refusing to send the Zoho token to {urlsplit(url).hostname!r}: it is not a Zoho host of data "
@@ -427,8 +433,14 @@ class ZohoCrmHook(BaseHook):
         code = body.get("code")
         message = body.get("message") or response.reason
         status = response.status_code
-        where = f"Zoho {response.request.method} {safe_url(url)} answered HTTP {status}"
+        answered_by = safe_url(response.url or url)
+        redirected = f" (redirected to {answered_by})" if answered_by != safe_url(url) else ""
+        where = f"Zoho {response.request.method} {safe_url(url)}{redirected} answered HTTP {status}"
         kwargs = {"code": code, "zoho_message": message, "status_code": status, "job_id": job_id}
+        if status == 401 and "Authorization" not in response.request.headers:
+            raise ZohoApiError(
+                f"{where}: {urlsplit(answered_by).hostname!r} is not a Zoho host of this connection, so it was "
+                "not sent the token, and it demands authorisation", **kwargs)
         if code == "OAUTH_SCOPE_MISMATCH":
             raise ZohoScopeError(
                 f"{where} OAUTH_SCOPE_MISMATCH: the refresh token lacks the scope this call needs; "

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -88,6 +90,7 @@ FAULT_ENDPOINTS: dict[str, frozenset[str]] = {
 _WRITE_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/?$")
 _JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/([^/]+)/?$")
 _UPLOAD_PATH = re.compile(r"^/crm/v([2-8])/upload/?$")
+_SIGNATURE_PARAM = "X-Sandbox-Signature"
 _DOWNLOAD_PATH = re.compile(r"^/v2/crm/([^/]+)/bulk-write/([^/]+)/([^/]+)\.zip$")
 
 
@@ -197,6 +200,8 @@ class ZohoSandbox:
             raise ZohoConfigurationError(f"the sandbox binds loopback addresses only, not {host!r}")
         self._host = host
         self._requested_port = port
+        #: Signs the pre-signed download links of ``redirect`` faults (valid while this sandbox runs).
+        self._link_key = secrets.token_bytes(16)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -339,6 +344,9 @@ class ZohoSandbox:
                 self._access_tokens.pop(access, None)
             self._save_state()
 
+    def _link_signature(self, path: str) -> str:
+        return hmac.new(self._link_key, path.encode(), hashlib.sha256).hexdigest()
+
     def advance_clock(self, seconds: float) -> float:
         """Move the sandbox clock forward; returns the new sandbox time (epoch seconds)."""
         with self._lock:
@@ -351,7 +359,8 @@ class ZohoSandbox:
 
         ``path_prefix`` limits the fault to paths starting with it. Kinds and their params:
         ``status`` (``status``, optional ``body`` or ``code``/``message``, ``retry_after`` -> header),
-        ``reset_connection``, ``redirect`` (``location``, ``status`` 302) on any endpoint;
+        ``reset_connection``, ``redirect`` (``location``, ``status`` 302; ``presigned=True`` signs the
+        location, as a CDN's pre-signed link: a signed download is served without a token) on any endpoint;
         ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
         ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
         ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
@@ -947,7 +956,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(status, body, headers)
             return True
         if fault.kind == "redirect":
-            self._bytes(int(params.get("status", 302)), b"", "text/plain", {"Location": str(params["location"])})
+            location = str(params["location"])
+            if params.get("presigned"):
+                signature = self.sandbox._link_signature(urlsplit(location).path)
+                location += f"{'&' if '?' in location else '?'}{_SIGNATURE_PARAM}={signature}"
+            self._bytes(int(params.get("status", 302)), b"", "text/plain", {"Location": location})
             return True
         if fault.kind == "expired_link":
             self._json(self.sandbox.options.expired_link_status, EXPIRED_LINK_BODY)
@@ -1048,7 +1061,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, details)
 
     def _download(self, path: str, fault: _Fault | None) -> None:
-        if self._unauthorized():
+        signature = parse_qs(urlsplit(self.path).query).get(_SIGNATURE_PARAM, [""])[0]
+        presigned = hmac.compare_digest(signature, self.sandbox._link_signature(path))
+        if not presigned and self._unauthorized():
             return
         match = _DOWNLOAD_PATH.match(path)
         assert match is not None
