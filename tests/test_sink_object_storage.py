@@ -238,6 +238,17 @@ def test_member_stem_cannot_escape_the_destination() -> None:
     assert member_stem("..") == "result"
 
 
+def test_member_names_that_a_uri_would_decode_stay_inside_the_destination(tmp_path: Path, rows: list[dict]) -> None:
+    """In a file:// URI the path is percent-decoded, and '#' starts a fragment: a member named
+    ``..%2F..%2Fescaped.csv`` must not become ``../../escaped``, nor ``Leads#1.csv`` a file ``Leads``."""
+    out = tmp_path / "a" / "b" / "out"
+    pairs = batches_of(rows[:2], "..%2F..%2Fescaped.csv") + batches_of(rows[2:4], "Leads#1?.csv")
+    load_batches(ObjectStorageSink(f"file://{out}/{{file}}.jsonl"), JOB, pairs)
+    assert sorted(os.listdir(out)) == [".._2F.._2Fescaped.jsonl", "Leads_1_.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["a"] and os.listdir(tmp_path / "a") == ["b"]
+    assert read_jsonl(out / "Leads_1_.jsonl") == expected_rows(batches_of(rows[2:4], "Leads#1?.csv"))
+
+
 def test_asset_uris_are_accepted_by_airflow(tmp_path: Path) -> None:
     from airflow.sdk import Asset
 

@@ -111,10 +111,16 @@ class Destination:
 
 def member_stem(member_name: str) -> str:
     """``Leads-Leads.csv`` -> ``Leads-Leads``; directories inside the zip are dropped, so a member
-    name can never climb out of the destination (``../x.csv`` -> ``x``)."""
+    name can never climb out of the destination (``../x.csv`` -> ``x``). Characters that a URI would
+    decode or cut (``%``, ``#``, ``?``) and control characters become ``_``: in a ``file://`` URI,
+    ``..%2Fx`` would otherwise decode to a path one directory up."""
     base = PurePosixPath(member_name.replace("\\", "/")).name
     stem = base[: -len(".csv")] if base.lower().endswith(".csv") else base
+    stem = _URI_UNSAFE.sub("_", stem)
     return stem if stem not in ("", ".", "..") else "result"
+
+
+_URI_UNSAFE = re.compile(r"[%#?\x00-\x1f\x7f]")
 
 
 def parse_destination(uri: str, format_name: str | None) -> Destination:
