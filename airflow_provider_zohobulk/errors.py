@@ -224,3 +224,9 @@ class SinkError(ZohoBulkError):
 
 class SinkConfigurationError(SinkError):
     """The sink's arguments cannot work (bad table name, unknown format, missing ``{file}``)."""
+
+
+#: Failures a task that waits for a job outlives: they arrive after the hook's own bounded retries,
+#: and the next poll (the sensor's timeout bounds them all) may well succeed.
+TRANSIENT_ERRORS: tuple[type[ZohoBulkError], ...] = (
+    ZohoServerError, ZohoRateLimitError, ZohoConnectionError, TokenThrottledError)

@@ -348,6 +348,33 @@ def test_trigger_round_trips_and_reports(sandbox_conn):
     assert payload["status"] == "error" and payload["error_type"] == "ZohoNotFoundError"
 
 
+def test_an_outage_is_waited_through_by_the_trigger_and_the_sensor(sandbox_conn, capfd):
+    """Zoho answering 503 for longer than the hook's retries (3 attempts here) must not end a wait
+    that may last hours: the poll is logged and repeated. An unknown job still ends it at once."""
+    import asyncio
+
+    from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger
+
+    job_id = sandbox_conn.create_job_from_csv(leads_csv(3))
+    sandbox_conn.add_fault("status", status=503, count=4, path_prefix="/crm/bulk/v8/write/")
+    trigger = ZohoBulkWriteJobTrigger(job_id, poll_interval=0.1, hook_kwargs=FAST_HOOK)
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "success" and payload["job"]["status"] == "COMPLETED"
+    logged = capfd.readouterr()
+    assert f"Could not check Zoho Bulk Write job {job_id} (ZohoServerError" in logged.out + logged.err
+
+    sandbox_conn.add_fault("status", status=503, count=3, path_prefix="/crm/bulk/v8/write/")
+    sensor = ZohoBulkWriteJobSensor(task_id="s", job_id=job_id, deferrable=False, poke_interval=0.1, timeout=5,
+                                    hook_kwargs=FAST_HOOK)
+    assert not sensor.poke({}).is_done
+    assert sensor.poke({}).is_done
+
+
 def test_assets_are_stable_prefixes():
     sink = ObjectStorageSink("s3://lake/zoho/bulk_write/{{ params.job_id }}/{file}.parquet")
     assert asset_for(sink).uri == "s3://lake/zoho/bulk_write"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_provider_zohobulk import bulk_job
+from airflow_provider_zohobulk.errors import TRANSIENT_ERRORS
 from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger, raise_error_event
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 class ZohoBulkWriteJobSensor(BaseSensorOperator):
     """Succeeds when the Bulk Write job is COMPLETED; fails with Zoho's code if it FAILED.
+
+    Zoho's 5xx answers, rate limits and lost connections (after the hook's retries) are logged and
+    waited through, up to ``timeout``; an unknown job or rejected credentials fail at once.
 
     :param job_id: the Bulk Write job id. Templated.
     :param zoho_conn_id: the ``zoho_crm`` connection. Templated.
@@ -46,7 +50,12 @@ class ZohoBulkWriteJobSensor(BaseSensorOperator):
         return ZohoCrmHook(self.zoho_conn_id, **self.hook_kwargs)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        job = self.hook.get_bulk_write_job(self.job_id)
+        try:
+            job = self.hook.get_bulk_write_job(self.job_id)
+        except TRANSIENT_ERRORS as exc:  # as the trigger: an outage is waited through until the timeout
+            self.log.warning("Could not check Zoho Bulk Write job %s (%s: %s); trying again at the next poke",
+                             self.job_id, type(exc).__name__, exc)
+            return PokeReturnValue(is_done=False)
         bulk_job.raise_if_failed(job, self.job_id)
         self.log.info("Zoho Bulk Write job %s is %s", self.job_id, job.get("status"))
         return PokeReturnValue(is_done=bulk_job.is_complete(job), xcom_value=job)

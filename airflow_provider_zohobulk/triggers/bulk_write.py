@@ -16,12 +16,16 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_zohobulk import bulk_job
-from airflow_provider_zohobulk.errors import ZohoBulkError
+from airflow_provider_zohobulk.errors import TRANSIENT_ERRORS, ZohoBulkError
 from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
 
 class ZohoBulkWriteJobTrigger(BaseTrigger):
     """Poll a Bulk Write job until it is COMPLETED (event ``success``) or fails (event ``error``).
+
+    Transient failures (Zoho's 5xx, rate limits, lost connections, after the hook's own retries) are
+    logged and polled through; the sensor's timeout ends the wait. Anything else (job failed or
+    unknown, rejected credentials) ends it at once with an ``error`` event.
 
     :param job_id: the Bulk Write job id.
     :param zoho_conn_id: the ``zoho_crm`` connection.
@@ -50,6 +54,11 @@ class ZohoBulkWriteJobTrigger(BaseTrigger):
             try:
                 job = await asyncio.to_thread(hook.get_bulk_write_job, self.job_id)
                 bulk_job.raise_if_failed(job, self.job_id)
+            except TRANSIENT_ERRORS as exc:  # an outage must not end a wait of hours: the timeout does
+                self.log.warning("Could not check Zoho Bulk Write job %s (%s: %s); checking again in %.0fs",
+                                 self.job_id, type(exc).__name__, exc, self.poll_interval)
+                await asyncio.sleep(self.poll_interval)
+                continue
             except ZohoBulkError as exc:
                 yield TriggerEvent(error_event(self.job_id, exc))
                 return
