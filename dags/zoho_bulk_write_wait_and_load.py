@@ -4,8 +4,8 @@ One sensor waits (deferred to the triggerer, so no worker slot is held while Zoh
 then run in parallel from that single wait. Trigger it from the UI with the job id. The load into
 files updates an Asset that ``zoho_bulk_write_downstream`` is scheduled on.
 
-The warehouse is DuckDB by default; set the DAG param ``warehouse_conn_id`` to an Airflow SQL
-connection (PostgreSQL, ...) to load there instead.
+The warehouse here is DuckDB; for PostgreSQL or any Airflow SQL connection, use
+``SqlSink(conn_id, table)`` as the sink instead, as ``zoho_bulk_write_to_warehouse`` does.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def test_example_dags_import_without_network(monkeypatch):
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) >= {"zoho_bulk_write_result", "zoho_bulk_write_wait_and_load",
-                                "zoho_bulk_write_downstream"}
+                                "zoho_bulk_write_downstream", "zoho_bulk_write_to_warehouse"}
+    assert set(bag.dags["zoho_bulk_write_to_warehouse"].params) == {"job_id", "warehouse_conn_id", "table"}
     trigger_form = bag.dags["zoho_bulk_write_result"].params
     assert "job_id" in trigger_form and "destination" in trigger_form
     assert bag.dags["zoho_bulk_write_result"].timetable.can_be_scheduled is False
@@ -63,3 +64,27 @@ def test_example_dag_with_airflow_dags_test(zoho_sandbox, tmp_path):
     logs = "".join(p.read_text(errors="replace") for p in home.rglob("*.log")) if home.exists() else ""
     assert "sandbox-client-secret" not in logs
     assert os.environ.get("AIRFLOW_HOME") != str(home)  # the test's own Airflow home stayed untouched
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.slow
+def test_warehouse_example_dag_loads_postgres_and_reruns_without_duplicates(zoho_sandbox, postgres_server, tmp_path):
+    """The PostgreSQL variant, as a person triggers it: job id, connection and table from the form."""
+    job_id = zoho_sandbox.create_job_from_csv(
+        ("Last_Name,Email,Company\n" + "".join(f"N{i},e{i}@x.com,Acme\n" for i in range(75))).encode())
+    home = tmp_path / "airflow"
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+        **zoho_sandbox.airflow_connection_env(),
+        **postgres_server.airflow_conn_env("example_warehouse"),
+    }
+    airflow_cli("db", "migrate", env=env)
+    conf = {"job_id": job_id, "warehouse_conn_id": "example_warehouse", "table": "public.\"Bulk Results\""}
+    for _run in range(2):
+        result = airflow_cli("dags", "test", "zoho_bulk_write_to_warehouse", "-c", json.dumps(conf), env=env)
+        assert "Loaded job" in result.stdout + result.stderr
+    with postgres_server.connect() as con:
+        rows = con.execute('SELECT status, count(*) FROM public."Bulk Results" WHERE job_id = %s GROUP BY status',
+                           [job_id]).fetchall()
+    assert sum(count for _status, count in rows) == 75
