@@ -143,12 +143,18 @@ def find_column(names: Sequence[str], wanted: str) -> int | None:
 
     If several match (a mapped column ``Status`` next to Zoho's ``STATUS``), Zoho's exact
     upper-case spelling wins; failing that, the last one (Zoho appends its columns after the
-    mapped ones).
+    mapped ones). A mapped column spelt exactly ``STATUS`` makes the decoder rename Zoho's later one
+    to ``STATUS_2`` (:func:`~airflow_provider_zohobulk.stream.decode.unique_column_names`); that
+    renamed column, coming last, is Zoho's.
     """
-    matches = [i for i, name in enumerate(names) if name.lstrip("\ufeff").strip().upper() == wanted]
+    plain = [name.lstrip("\ufeff").strip() for name in names]
+    matches = [i for i, name in enumerate(plain) if name.upper() == wanted]
     if not matches:
         return None
-    exact = [i for i in matches if names[i].lstrip("\ufeff").strip() == wanted]
+    exact = [i for i in matches if plain[i] == wanted]
+    renamed = [i for i, name in enumerate(plain) if re.fullmatch(rf"{re.escape(wanted)}_\d+", name)]
+    if exact and renamed and renamed[-1] > exact[-1]:
+        return renamed[-1]
     return (exact or matches)[-1]
 
 

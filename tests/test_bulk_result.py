@@ -29,6 +29,7 @@ from airflow_provider_zohobulk.errors import (
     TruncatedArchiveError,
     ZohoBulkError,
 )
+from airflow_provider_zohobulk.stream.decode import iter_csv_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
 from tests.fixtures.zips import (
     SAMPLE_RESULT_ROWS,
@@ -119,6 +120,17 @@ def test_zoho_status_wins_over_a_mapped_status_column():
     row = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).to_pylist()[0]
     assert row["status"] == "ADDED"
     assert row["source"] == [("Status", "Contacted")]
+
+
+def test_zoho_columns_win_over_mapped_columns_of_the_very_same_name():
+    """Mapped headers spelt exactly STATUS and RECORD_ID: the decoder renames Zoho's later columns
+    (STATUS_2, RECORD_ID_2), which are still the ones the canonical row takes."""
+    csv = (b"Last_Name,STATUS,RECORD_ID,RECORD_ID,STATUS,ERRORS\r\n"
+           b"Doe,Active,legacy-7,4150868000000001,added,\r\n")
+    [batch] = list(iter_csv_batches([csv], file_name="Leads.csv"))
+    row = to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1).to_pylist()[0]
+    assert (row["status"], row["record_id"]) == ("ADDED", "4150868000000001")
+    assert row["source"] == [("Last_Name", "Doe"), ("STATUS", "Active"), ("RECORD_ID", "legacy-7")]
 
 
 def test_missing_status_column_is_a_layout_error_naming_file_and_columns():

@@ -7,17 +7,18 @@ value):
 
 **Parquet** (``.parquet``): the canonical Arrow schema as it is. ``errors`` is
 ``list<struct<code: string, columns: list<string>>>`` (an empty list when the row has no error),
-``source`` is ``map<string, string>`` whose entries keep the CSV's column order; a missing value is a
-null, an empty CSV cell (``""``) an empty string. Row groups follow the incoming batches (about 1 MiB
-of CSV each). The file is compressed by Parquet's own codec (zstd by default), never by the file
-name: ``.parquet.gz`` is refused, because readers expect a plain Parquet file.
+``source`` is ``map<string, string>`` whose entries keep the CSV's column order; an empty CSV cell,
+quoted or not, is a null (the decoder cannot tell ``""`` from a missing value). Row groups follow
+the incoming batches (about 1 MiB of CSV each). The file is compressed by Parquet's own codec
+(zstd by default), never by the file name: ``.parquet.gz`` is refused, because readers expect a
+plain Parquet file.
 
 **JSON Lines** (``.jsonl`` or ``.ndjson``): one UTF-8 JSON object per line, ``\\n``-terminated, keys in
 canonical order::
 
     {"job_id":"4150...","file_name":"Leads-Leads.csv","row_number":2,"record_id":null,"status":"SKIPPED",
      "errors":[{"code":"MANDATORY_NOT_FOUND","columns":["Company","Last_Name"]}],
-     "errors_raw":"MANDATORY_NOT_FOUND-Company","source":{"Last_Name":null,"Company":""}}
+     "errors_raw":"MANDATORY_NOT_FOUND-Company,Last_Name","source":{"Last_Name":null,"Company":null}}
 
 ``row_number`` is a JSON number, every other scalar a JSON string or ``null``; ``errors`` is an array
 of objects (``[]`` when none) and ``source`` an object. Non-ASCII text is written as is (not
@@ -26,8 +27,9 @@ of objects (``[]`` when none) and ``source`` an object. Non-ASCII text is writte
 **CSV** (``.csv``): RFC 4180 with a header row and ``\\n`` line ends. Columns: ``job_id``,
 ``file_name``, ``row_number``, ``record_id``, ``status``, ``errors``, ``errors_raw``, ``source``.
 ``errors`` and ``source`` hold the JSON text described above for JSON Lines. Every string value is
-quoted, so an empty string is ``""`` and a null is an empty unquoted field (read it back with
-pyarrow's ``quoted_strings_can_be_null=False``, or DuckDB's ``read_csv`` default). The mapped
+quoted and a null is an empty unquoted field, so a reader can tell an empty string ``""`` from a
+null (pyarrow's ``quoted_strings_can_be_null=False``, or DuckDB's ``read_csv`` default); rows from
+Zoho hold no empty strings (empty cells are decoded as nulls), but a caller's own batches may. The mapped
 columns are deliberately *not* flattened into one CSV column each: the header line comes first,
 but the full set of mapped headers is only known after every member has been read (members of one
 archive may map different columns), so flattening would mean buffering the whole result or
