@@ -384,6 +384,10 @@ def test_assets_are_stable_prefixes():
     assert asset_for(DuckDBSink("/data/w.duckdb", "t")).uri.endswith("/data/w.duckdb/t")
     # nothing stable before the template, or a location that needs a connection: no Asset
     assert asset_for(ObjectStorageSink("{{ params.destination }}/x/{file}.parquet")) is None
+    for only_a_scheme in ("gs://{{ params.bucket }}/x/{file}.parquet", "s3://lake-{{ params.env }}/x.csv",
+                          "file://{{ params.dir }}/x.parquet", "azure://{file}.parquet"):
+        assert asset_for(ObjectStorageSink(only_a_scheme)) is None, only_a_scheme
+    assert asset_for(ObjectStorageSink("file:///data/{{ params.dir }}/x.parquet")).uri == "file:///data"
     assert asset_for(DuckDBSink("{{ params.database }}")) is None
     from airflow_provider_zohobulk.sinks import SqlSink
 

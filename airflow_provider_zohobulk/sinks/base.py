@@ -70,7 +70,10 @@ class ResultSink(abc.ABC):
         cut = min((i for i in (uri.find("{{"), uri.find("{%"), uri.find("{")) if i >= 0), default=-1)
         if cut >= 0:
             uri = uri[:cut].rsplit("/", 1)[0] + "/"
-        return uri if "://" in uri and not uri.endswith(":///") else None
+        # Something fixed must remain after the scheme: "gs://{{ bucket }}/x" or "file://{{ dir }}/x"
+        # would otherwise all collapse into one root Asset shared by unrelated tasks.
+        scheme, separator, rest = uri.partition("://")
+        return uri if separator and scheme and rest.strip("/") else None
 
 
 
