@@ -468,3 +468,19 @@ def test_polling_wait_gives_up_at_its_timeout(sandbox_conn, tmp_path):
         run_execute(op)
     polls = [r for r in sandbox_conn.stats()["requests"] if r["path"].endswith(f"/write/{job_id}")]
     assert 3 <= len(polls) <= 8  # every 0.2 s for about a second, then it stops
+
+
+def test_rendered_templates_show_the_sinks_location_and_nothing_else():
+    """Airflow stores a template field's rendered value by its repr: the UI's Rendered Templates tab
+    should show where the rows went, never the sink's other options (credentials may sit there)."""
+    from airflow.sdk.execution_time.task_runner import _serialize_rendered_fields
+
+    sink = ObjectStorageSink("s3://lake/{{ params.job_id }}/{file}.parquet",
+                             transport_params={"client_kwargs": {"aws_secret_access_key": "very-secret"}})
+    op = ZohoBulkWriteResultOperator(task_id="t", job_id="{{ params.job_id }}", sink=sink)
+    op.render_template_fields({"params": {"job_id": "4150868000005350003"}})
+    rendered = _serialize_rendered_fields(op)
+    assert rendered["sink"] == "ObjectStorageSink(uri='s3://lake/4150868000005350003/{file}.parquet')"
+    assert "very-secret" not in json.dumps(rendered, default=str)
+    assert repr(DuckDBSink("/data/w.duckdb", "analytics.results")) == (
+        "DuckDBSink(database='/data/w.duckdb', table='analytics.results')")

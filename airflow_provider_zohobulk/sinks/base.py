@@ -26,6 +26,12 @@ class ResultSink(abc.ABC):
 
     template_fields: ClassVar[tuple[str, ...]] = ()
 
+    def __repr__(self) -> str:
+        """The location fields only (never options such as ``transport_params``): Airflow shows a
+        template field's rendered value as its repr, under the task's Rendered Templates."""
+        fields = ", ".join(f"{name}={getattr(self, name, None)!r}" for name in self.template_fields)
+        return f"{type(self).__name__}({fields})"
+
     @abc.abstractmethod
     def open(self, job_id: str) -> None:
         """Prepare to receive the rows of ``job_id`` (connect, start a transaction or upload)."""
