@@ -305,7 +305,8 @@ def canonical_member_batches(
     (Parquet encoding, a database driver), the slowest stage, so every CPU-second taken off its thread
     shortens the whole load.
     """
-    chunks_ahead = readahead(member_chunks, depth=8)
+    witness = _ArchiveErrorWitness(member_chunks)
+    chunks_ahead = readahead(witness, depth=8)
 
     def canonical_batches() -> Iterator[pa.RecordBatch]:
         next_row = 1
@@ -319,6 +320,8 @@ def canonical_member_batches(
             yield file_name, batch
     except CsvFormatError as csv_error:
         chunks_ahead.close()  # stop the decompression thread before reading on in this one
+        if witness.error is not None:  # it was queued behind the CSV error, and closing dropped it
+            raise witness.error from csv_error
         raise_if_archive_broken(member_chunks, csv_error)
         raise
     finally:
@@ -327,6 +330,30 @@ def canonical_member_batches(
 
 
 _END = object()
+
+
+class _ArchiveErrorWitness:
+    """Passes a member's chunks through and remembers the archive error they end with.
+
+    The decompression thread may reach the member's end, and its CRC error, before the parser's
+    CSV error (the symptom) reaches the consumer; closing the read-ahead then drops the queued CRC
+    error, and the member, already failed, has nothing left to read. An iterator class, not a
+    generator: a generator wrapper would close the member when collected, while it is still read on.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.error: ArchiveError | None = None
+
+    def __iter__(self) -> _ArchiveErrorWitness:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self.chunks)
+        except ArchiveError as exc:
+            self.error = exc
+            raise
 
 
 def readahead(iterable: Iterable[T], *, depth: int) -> Iterator[T]:

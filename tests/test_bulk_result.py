@@ -233,6 +233,19 @@ def test_a_csv_error_caused_by_corruption_is_reported_as_the_corrupt_archive():
     assert (caught.value.job_id, caught.value.file_name) == ("4150868000005350003", "Leads.csv")
 
 
+def test_the_corrupt_archive_is_reported_even_when_its_error_was_already_queued():
+    """A member small enough for decompression to reach its end (and its CRC error) while the parser is
+    still on the first block: the CRC error waits in the read-ahead queue behind the CSV error."""
+    data = b"Last_Name,Company,Email,RECORD_ID,STATUS,ERRORS\n" + b"".join(
+        b"Doe%07d,Acme,d%07d@example.com,%019d,ADDED,\n" % (i, i, i) for i in range(21_000))  # 1.3 MB
+    broken = bytearray(zip_with_zipfile({"Leads.csv": data}, compression="stored"))
+    comma = broken.index(b"Doe0005000,") + len(b"Doe0005000")
+    broken[comma] = ord(";")  # row 5001 is ragged now, and the member's CRC no longer matches
+    for _attempt in range(3):  # the race may go either way; the answer must not
+        with pytest.raises(CorruptArchiveError, match="CRC32"):
+            list(read_bulk_write_result(chunked(bytes(broken), 1 << 16), job_id="J"))
+
+
 def test_limits_are_passed_through():
     archive = zip_with_zipfile({"Leads.csv": make_result_csv(SAMPLE_RESULT_ROWS)})
     with pytest.raises(ArchiveLimitError):
