@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import stat
+import subprocess
+import sys
+import threading
 import time
 
+import pytest
+
+from airflow_provider_zohobulk.errors import TokenThrottledError
 from airflow_provider_zohobulk.hooks.token_cache import CachedToken, TokenCache, cache_key
 from airflow_provider_zohobulk.progress import Progress
 
@@ -45,6 +51,57 @@ def test_invalidate_never_drops_a_newer_token(tmp_path):
 def test_corrupt_cache_file_is_ignored(tmp_path):
     (tmp_path / "k.json").write_text("{not json")
     assert TokenCache(tmp_path).get("k") is None
+
+
+def test_a_slow_mint_holds_up_only_its_own_key(tmp_path):
+    """One connection's mint waiting out Zoho's throttle must not block another connection's tasks."""
+    cache = TokenCache(tmp_path)
+    other_key_done = threading.Event()
+
+    def mint_other_key() -> None:
+        with cache.mint_lock("connection-b", timeout=30):
+            other_key_done.set()
+
+    with cache.mint_lock("connection-a"):
+        worker = threading.Thread(target=mint_other_key)
+        worker.start()
+        assert other_key_done.wait(timeout=30)  # while connection-a is still being minted
+    worker.join()
+
+
+def test_waiting_too_long_for_another_minter_is_a_typed_error(tmp_path):
+    cache = TokenCache(tmp_path)
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with cache.mint_lock("k"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    try:
+        with pytest.raises(TokenThrottledError, match="another task on this machine"), cache.mint_lock("k", 0.2):
+            pass
+    finally:
+        release.set()
+        holder.join()
+    # Another process holding the file lock: the same typed error, not filelock's own Timeout.
+    script = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+              "print('held', flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "k.lock")], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        with pytest.raises(TokenThrottledError), cache.mint_lock("k", 0.2):
+            pass
+    finally:
+        other.kill()
+        other.wait()
+    with cache.mint_lock("k", 5):  # free again
+        pass
 
 
 def test_progress_reports_at_the_interval(caplog):

@@ -123,7 +123,10 @@ class TokenCache:
         self.directory = directory or default_cache_dir()
         self.shared = shared
         self._memory: dict[str, CachedToken] = {}
-        self._thread_lock = threading.Lock()
+        #: One lock per key: a mint waiting out Zoho's throttle for one connection must not hold up
+        #: the tasks of every other connection in this process.
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -182,10 +185,40 @@ class TokenCache:
 
     @contextlib.contextmanager
     def mint_lock(self, key: str, timeout: float = 600) -> Iterator[None]:
-        """Serialise minting across threads and processes of this machine."""
+        """Serialise minting of one key's token across threads and processes of this machine.
+
+        Waiting longer than ``timeout`` seconds (the other minter is most likely waiting out Zoho's
+        token throttle) raises :class:`~airflow_provider_zohobulk.errors.TokenThrottledError`.
+        """
+        from filelock import Timeout
+
         self._ensure_dir()
-        with self._thread_lock, FileLock(str(self.directory / f"{key}.lock"), timeout=timeout):
-            yield
+        with self._key_locks_guard:
+            thread_lock = self._key_locks.setdefault(key, threading.Lock())
+        deadline = time.monotonic() + timeout
+        if not thread_lock.acquire(timeout=max(timeout, 0)):
+            raise _lock_timeout(timeout)
+        try:
+            try:
+                file_lock = FileLock(str(self.directory / f"{key}.lock"),
+                                     timeout=max(deadline - time.monotonic(), 0))
+                file_lock.acquire()
+            except Timeout:
+                raise _lock_timeout(timeout) from None
+            try:
+                yield
+            finally:
+                file_lock.release()
+        finally:
+            thread_lock.release()
+
+
+def _lock_timeout(timeout: float) -> Exception:
+    from airflow_provider_zohobulk.errors import TokenThrottledError
+
+    return TokenThrottledError(
+        f"waited {timeout:.0f}s for another task on this machine to mint a Zoho access token with the same "
+        "credentials; it is most likely waiting out Zoho's token throttle (10 tokens per 10 minutes)")
 
 
 _caches: dict[tuple[str, str], TokenCache] = {}

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_IN = 3600
 MAX_REDIRECTS = 5
+#: How much longer than ``throttle_max_wait`` a task waits for another one minting the same token.
+_MINT_LOCK_MARGIN_S = 120.0
 _TOKEN_REJECTED_CODES = {"INVALID_TOKEN", "AUTHENTICATION_FAILURE"}
 _SCOPE_HINT = "ZohoCRM.bulk.ALL (or ZohoCRM.bulk.READ / ZohoCRM.bulk.CREATE), ZohoCRM.modules.ALL"
 
@@ -235,7 +237,8 @@ class ZohoCrmHook(BaseHook):
             return self._current_or_mint()
         token = cache.get(self._cache_key)
         if token is None:
-            with cache.mint_lock(self._cache_key):
+            # Longer than a minter may wait out the throttle, so a waiter only gives up on a stuck one.
+            with cache.mint_lock(self._cache_key, timeout=self.throttle_max_wait + _MINT_LOCK_MARGIN_S):
                 token = cache.get(self._cache_key)  # another process may have minted meanwhile
                 if token is None:
                     token = self._mint_token()
