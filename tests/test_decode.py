@@ -189,6 +189,25 @@ def test_unclosed_quote_at_eof_is_an_error(block_size):
     assert caught.value.row_number == 7
 
 
+@pytest.mark.parametrize("stray", ['5" screen', '"ab"c', '5"x"y'])
+@pytest.mark.parametrize(("block_size", "chunk_size"), [(1, 7), (64, 10), (1 << 20, 1 << 16)])
+def test_a_quote_inside_a_field_is_an_error_whatever_the_chunking(stray, block_size, chunk_size):
+    """Not RFC 4180, and pyarrow would read it one way and the block cut another: before this check
+    the same bytes gave 3 rows in one chunk and 4 when split at a row end."""
+    data = (make_result_csv(many_rows(4)) + b'y,z,"a\nb",1,ADDED,\r\n'
+            + stray.encode() + b',Acme,x@y.com,2,ADDED,\r\nlast,Acme,l@y.com,3,ADDED,\r\n')
+    with pytest.raises(CsvFormatError, match="a quote inside a field") as caught:
+        decode(data, block_size=block_size, chunk_size=chunk_size)
+    assert caught.value.row_number == 6
+    assert stray in str(caught.value)
+
+
+def test_quotes_that_rfc_4180_allows_are_not_taken_for_stray_ones():
+    data = b'a,b\r\n"he said ""hi""",2\r\n"",""""\r\n"x\r\ny","a,b"\r\n'
+    assert rows_of(decode(data, block_size=1, chunk_size=3)) == [
+        {"a": 'he said "hi"', "b": "2"}, {"a": None, "b": '"'}, {"a": "x\r\ny", "b": "a,b"}]
+
+
 def test_unclosed_quote_in_the_header():
     with pytest.raises(CsvFormatError, match="header row ends inside a quoted field"):
         decode(b'"Last_Name,STATUS\r\nx,y\r\n')
