@@ -14,7 +14,13 @@ from airflow_provider_zohobulk.errors import (
     ResultLayoutError,
     TruncatedArchiveError,
 )
-from airflow_provider_zohobulk.stream.unzip import UnzipLimits, iter_csv_members, iter_members
+from airflow_provider_zohobulk.stream.unzip import (
+    ArchiveMeter,
+    UnzipLimits,
+    iter_csv_members,
+    iter_members,
+    read_central_directory,
+)
 from tests.fixtures.zips import (
     SAMPLE_RESULT_ROWS,
     chunked,
@@ -76,9 +82,9 @@ def test_size_is_unknown_when_only_a_data_descriptor_carries_it():
 
 def test_cp437_member_names_are_decoded():
     # A name with the UTF-8 flag cleared and a non-UTF-8 byte: 0x81 is 'ü' in cp437.
-    archive = bytearray(zip_with_zipfile({"Zxrich.csv": b"a\n"}, compression="stored"))
-    archive[30 + 1] = 0x81
-    names = [m.name for m in iter_members([bytes(archive)])]
+    archive = zip_with_zipfile({"Zxrich.csv": b"a\n"}, compression="stored")
+    archive = archive.replace(b"Zxrich.csv", b"Z\x81rich.csv")  # local header and central directory
+    names = [m.name for m in iter_members([archive])]
     assert names == ["Zürich.csv"]
 
 
@@ -271,3 +277,50 @@ def test_genuine_result_passes_default_limits_lazily():
     blocks = [make_result_csv(varied_rows(i * 20_000, 20_000), header=None) for i in range(5)]
     total = sum(len(c) for m in iter_members(stream_zip_chunks([("Leads.csv", iter(blocks))])) for c in m.chunks)
     assert total == sum(map(len, blocks))
+
+
+# --- the central directory, a second copy of every name and size ------------------------------------
+
+
+def directory_of(archive: bytes) -> list[tuple[bytes, int]] | None:
+    meter = ArchiveMeter(UnzipLimits())
+    for _ in meter.count_input([archive]):
+        pass
+    return read_central_directory(bytes(meter.tail), meter.end_record_at(), meter.compressed_in - len(meter.tail))
+
+
+@pytest.mark.parametrize("build", [
+    lambda m: zip_with_zipfile(m), lambda m: zip_with_zipfile(m, compression="stored"),
+    lambda m: zip_with_zipfile(m, force_zip64=True), lambda m: zip_with_stream_zip(m),
+    lambda m: zip_with_stream_zip(m, zip64=True), lambda m: zip_with_stream_zip(m, compression="stored", zip64=True),
+], ids=["zipfile", "zipfile-stored", "zipfile-zip64", "stream-zip", "stream-zip-64", "stream-zip-stored-64"])
+def test_the_central_directory_is_read_in_every_layout_and_matches(build):
+    archive = build(MEMBERS)
+    assert directory_of(archive) == [(name.encode(), len(data)) for name, data in MEMBERS.items()]
+    assert [member.name for member in iter_members(chunked(archive, 999))] == list(MEMBERS)
+
+
+def test_a_member_name_damaged_in_its_header_is_caught_by_the_directory():
+    """CRCs cover data, not names: 'Leads.csv' read as 'Leads.csw' would be skipped as a non-CSV file
+    and the load would commit without its rows."""
+    archive = zip_with_zipfile({"Leads.csv": CSV, "Deals.csv": CSV[:200]})
+    damaged = archive.replace(b"Leads.csv", b"Leads.csw", 1)  # the local header comes first
+    skipped: list[str] = []
+    expected = r"'Leads\.csw' in its header but 'Leads\.csv' in the central"
+    with pytest.raises(CorruptArchiveError, match=expected) as caught:
+        for member in iter_csv_members(chunked(damaged, 500), on_skip=lambda name, size: skipped.append(name)):
+            for _ in member.chunks:
+                pass
+    assert caught.value.file_name == "Leads.csv"
+    assert skipped == ["Leads.csw"]  # what used to be the whole story
+
+
+def test_a_size_or_a_member_count_that_disagrees_with_the_directory_is_an_error():
+    archive = bytearray(zip_with_zipfile({"Leads.csv": CSV}, compression="stored"))
+    directory = archive.rindex(b"PK\x01\x02")
+    archive[directory + 24:directory + 28] = (len(CSV) + 1).to_bytes(4, "little")
+    with pytest.raises(CorruptArchiveError, match=f"gives {len(CSV) + 1} bytes but {len(CSV)} were decompressed"):
+        list(iter_members([bytes(archive)]))
+    two = zip_with_zipfile({"Leads.csv": CSV, "Deals.csv": CSV})
+    with pytest.raises(CorruptArchiveError, match="central directory"):
+        list(iter_members([two[:two.rindex(b"PK\x01\x02")] + two[two.rindex(b"PK\x05\x06"):]]))

@@ -1,11 +1,14 @@
 """Byte chunks of a zip archive -> its members, streamed, with zip-bomb limits and typed errors.
 
 Built on ``stream_unzip`` because it reads a zip front to back (local headers, data descriptors,
-zip64) without seeking, so a download never has to touch the disk. Two things it does not do, and
+zip64) without seeking, so a download never has to touch the disk. Three things it does not do, and
 this module adds:
 
 * **limits**: it has no zip-bomb guard, so decompressed bytes, the compression ratio and the member
   count are counted here (:class:`UnzipLimits`);
+* **the central directory**: it reads the directory at the end without checking it; here the
+  archive must end with a whole end record, and the directory's names and sizes must match the
+  members read (a CRC covers a member's data, not the name in its header);
 * **errors a person can act on**: its exceptions are translated into the package's hierarchy
   (:mod:`airflow_provider_zohobulk.errors`), and a body that is not a zip at all (Zoho answers an
   expired link with a small JSON document, proxies answer with HTML) is described instead of being
@@ -46,6 +49,12 @@ LOCAL_FILE_HEADER = b"PK\x03\x04"
 EMPTY_ARCHIVE = b"PK\x05\x06"
 # The end-of-central-directory record: 22 bytes plus a comment of up to 65535 bytes.
 MAX_END_RECORD_BYTES = 22 + 0xFFFF
+# The central directory is kept (as the end of the input) up to this size to check it against the
+# members read: at 1000 members with 200-byte names it is ~250 KiB.
+MAX_DIRECTORY_BYTES = MiB
+CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
+ZIP64_END_RECORD = b"PK\x06\x06"
+ZIP64_END_LOCATOR = b"PK\x06\x07"
 # Enough of a non-zip body to recognise it and to quote a short excerpt.
 SNIFF_BYTES = 512
 EXCERPT_CHARS = 160
@@ -167,31 +176,61 @@ class ArchiveMeter:
         self.total_out = 0
         self.members = 0
         self.tail = bytearray()
+        #: (raw name, decompressed bytes) of every member read to its end, in archive order.
+        self.read: list[tuple[bytes, int]] = []
 
     def count_input(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """Count the compressed bytes and keep the last few KiB, where the end record must be."""
+        """Count the compressed bytes and keep the last ones: the central directory and end record."""
+        keep = MAX_DIRECTORY_BYTES + MAX_END_RECORD_BYTES
         for chunk in chunks:
             self.compressed_in += len(chunk)
             self.tail += chunk
-            if len(self.tail) > 2 * MAX_END_RECORD_BYTES:
-                del self.tail[:-MAX_END_RECORD_BYTES]
+            if len(self.tail) > 2 * keep:
+                del self.tail[:-keep]
             yield chunk
 
-    def ends_with_end_record(self) -> bool:
-        """Whether the archive ends with a whole end-of-central-directory record.
+    def end_record_at(self) -> int:
+        """Where in :attr:`tail` the end-of-central-directory record starts, or -1 when the archive does
+        not end with a whole one.
 
         stream_unzip reads the central directory without checking it, so an archive cut inside its
         directory (all members complete) would otherwise pass as whole.
         """
-        tail = bytes(self.tail[-MAX_END_RECORD_BYTES:])
-        position = tail.rfind(EMPTY_ARCHIVE)
+        tail = self.tail
+        position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0))
         while position >= 0:
             if len(tail) >= position + 22:
                 comment_length = int.from_bytes(tail[position + 20:position + 22], "little")
                 if position + 22 + comment_length == len(tail):
-                    return True
-            position = tail.rfind(EMPTY_ARCHIVE, 0, position)
-        return False
+                    return position
+            position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0), position)
+        return -1
+
+    def check_directory(self, end_record: int) -> None:
+        """Compare the central directory with the members read: names, decompressed sizes and count.
+
+        A member's CRC covers its data, not its local header: a damaged name (``A.csv`` read as
+        ``A.csw``) would make a CSV look like another file, skipped, and the load would commit without
+        its rows. The central directory holds a second copy of every name and size. Skipped (with no
+        error) only when the directory is larger than :data:`MAX_DIRECTORY_BYTES`.
+        """
+        entries = read_central_directory(bytes(self.tail), end_record, self.compressed_in - len(self.tail))
+        if entries is None:
+            return
+        if len(entries) != len(self.read):
+            raise CorruptArchiveError(
+                f"the archive's central directory lists {len(entries)} members but {len(self.read)} were read")
+        for number, ((listed_name, listed_size), (read_name, read_size)) in enumerate(
+                zip(entries, self.read, strict=True), start=1):
+            if listed_name != read_name:
+                raise CorruptArchiveError(
+                    f"member {number} is named {decode_member_name(read_name)!r} in its header but "
+                    f"{decode_member_name(listed_name)!r} in the central directory: the archive is damaged",
+                    file_name=decode_member_name(listed_name))
+            if listed_size != read_size:
+                raise CorruptArchiveError(
+                    f"the central directory gives {listed_size} bytes but {read_size} were decompressed",
+                    file_name=decode_member_name(listed_name))
 
     def start_member(self, name: str, declared_size: int | None) -> None:
         self.members += 1
@@ -220,6 +259,51 @@ class ArchiveMeter:
                 raise ArchiveLimitError(
                     f"compression ratio {ratio:.0f}:1 ({self.total_out} bytes out of {self.compressed_in} "
                     f"compressed) exceeds max_ratio={limits.max_ratio:g}", file_name=name)
+
+
+def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> list[tuple[bytes, int]] | None:
+    """``(raw name, uncompressed size)`` of every central-directory entry, zip64 included, or None when
+    the directory does not lie wholly in ``tail`` (which starts at archive offset ``tail_offset``)."""
+    def number(at: int, size: int) -> int:
+        return int.from_bytes(tail[at:at + size], "little")
+
+    count, size, offset = number(end_record + 10, 2), number(end_record + 12, 4), number(end_record + 16, 4)
+    if count == 0xFFFF or 0xFFFFFFFF in (size, offset):
+        locator = end_record - 20
+        if locator < 0 or tail[locator:locator + 4] != ZIP64_END_LOCATOR:
+            raise CorruptArchiveError("the archive's end record points to a zip64 record that is not there")
+        record = number(locator + 8, 8) - tail_offset
+        if record < 0:
+            return None
+        if tail[record:record + 4] != ZIP64_END_RECORD:
+            raise CorruptArchiveError("the archive's zip64 end record is not where its locator says")
+        count, size, offset = number(record + 32, 8), number(record + 40, 8), number(record + 48, 8)
+    start = offset - tail_offset
+    if start < 0 or size > MAX_DIRECTORY_BYTES:
+        return None
+    entries: list[tuple[bytes, int]] = []
+    at = start
+    for _ in range(count):
+        if tail[at:at + 4] != CENTRAL_DIRECTORY_ENTRY:
+            raise CorruptArchiveError(f"the archive's central directory is damaged (entry {len(entries) + 1})")
+        uncompressed = number(at + 24, 4)  # CRCs and compressed sizes are stream_unzip's to check
+        name_length, extra_length, comment_length = number(at + 28, 2), number(at + 30, 2), number(at + 32, 2)
+        name = tail[at + 46:at + 46 + name_length]
+        if uncompressed == 0xFFFFFFFF:  # the real size is the first field of the zip64 extra block
+            extra, position = tail[at + 46 + name_length:at + 46 + name_length + extra_length], 0
+            while position + 4 <= len(extra):
+                field_id, field_size = number_in(extra, position, 2), number_in(extra, position + 2, 2)
+                if field_id == 0x0001 and field_size >= 8:
+                    uncompressed = number_in(extra, position + 4, 8)
+                    break
+                position += 4 + field_size
+        entries.append((bytes(name), uncompressed))
+        at += 46 + name_length + extra_length + comment_length
+    return entries
+
+
+def number_in(data: bytes, at: int, size: int) -> int:
+    return int.from_bytes(data[at:at + size], "little")
 
 
 def translate(exc: stream_unzip.UnzipError, file_name: str | None, where: str = "") -> ArchiveError:
@@ -278,11 +362,13 @@ def iter_members(
         try:
             raw_name, size, raw_chunks = next(raw_members)
         except StopIteration:
-            if not meter.ends_with_end_record():
+            end_record = meter.end_record_at()
+            if end_record < 0:
                 where = f"after member {previous_name!r}" if previous_name else "at the start of the archive"
                 raise TruncatedArchiveError(
                     f"the archive ends before it is complete: its central directory is cut short ({where})"
                 ) from None
+            meter.check_directory(end_record)
             return
         except stream_unzip.UnzipError as exc:
             # A failure between members is about the next one's header, or the end of the archive.
@@ -290,12 +376,12 @@ def iter_members(
             raise translate(exc, None, where) from exc
         name = decode_member_name(raw_name)
         meter.start_member(name, size)
-        previous = checked_chunks(raw_chunks, name, meter)
+        previous = checked_chunks(raw_chunks, name, meter, raw_name)
         previous_name = name
         yield ZipMember(name, size, previous)
 
 
-def checked_chunks(raw_chunks: Iterable[bytes], name: str, meter: ArchiveMeter) -> Iterator[bytes]:
+def checked_chunks(raw_chunks: Iterable[bytes], name: str, meter: ArchiveMeter, raw_name: bytes) -> Iterator[bytes]:
     """A member's chunks, counted against the limits, with stream_unzip errors translated."""
     member_out = 0
     try:
@@ -303,6 +389,7 @@ def checked_chunks(raw_chunks: Iterable[bytes], name: str, meter: ArchiveMeter) 
             member_out += len(chunk)
             meter.count_output(name, member_out, len(chunk))
             yield chunk
+        meter.read.append((raw_name, member_out))
     except stream_unzip.UnzipError as exc:
         raise translate(exc, name) from exc
     except ZohoBulkError as exc:
