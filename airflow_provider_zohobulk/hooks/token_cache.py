@@ -7,7 +7,7 @@ its own token is the known failure mode of Zoho clients. So tokens are minted un
 1. in process memory (threads of one task, the triggerer's event loop);
 2. in a file per refresh token under a 0700 directory, written atomically, with minting serialised
    by a file lock: N processes on one machine mint exactly one token;
-3. optionally in an Airflow Variable (``token_cache="variable"``), encrypted at rest like any
+3. optionally in an Airflow Variable (connection extra ``oauth_cache: "variable"``), encrypted at rest like any
    Variable, so a fleet of workers shares one token. Variables have no lock, so machines that miss
    at the same instant each mint one: at most one token per machine per hour, far below the throttle.
 
@@ -233,7 +233,8 @@ def get_token_cache(mode: str = "local", directory: Path | None = None) -> Token
     if mode not in ("local", "variable"):
         from airflow_provider_zohobulk.errors import ZohoConfigurationError
 
-        raise ZohoConfigurationError(f"token_cache must be local, variable or none, not {mode!r}")
+        raise ZohoConfigurationError(
+            f"the connection's oauth_cache must be local, variable or none, not {mode!r}")
     directory = directory or default_cache_dir()
     with _caches_lock:
         cache = _caches.get((mode, str(directory)))

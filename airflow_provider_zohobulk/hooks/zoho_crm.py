@@ -289,7 +289,7 @@ class ZohoCrmHook(BaseHook):
                     raise TokenThrottledError(
                         f"Zoho is throttling token requests for this refresh token (10 per 10 minutes) and "
                         f"it had not lifted after waiting {waited:.0f}s; too many workers are minting tokens "
-                        "(use token_cache 'local' or 'variable')",
+                        "(set the connection's oauth_cache to 'local' or 'variable')",
                         error=error,
                     )
                 log.warning(
