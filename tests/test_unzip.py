@@ -286,7 +286,8 @@ def directory_of(archive: bytes) -> list[tuple[bytes, int]] | None:
     meter = ArchiveMeter(UnzipLimits())
     for _ in meter.count_input([archive]):
         pass
-    return read_central_directory(bytes(meter.tail), meter.end_record_at(), meter.compressed_in - len(meter.tail))
+    tail = meter.tail()
+    return read_central_directory(tail, meter.end_record_at(tail), meter.compressed_in - len(tail))
 
 
 @pytest.mark.parametrize("build", [

@@ -21,6 +21,7 @@ provisional until its iterator is exhausted, which is why every sink stages and 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -50,8 +51,8 @@ EMPTY_ARCHIVE = b"PK\x05\x06"
 # The end-of-central-directory record: 22 bytes plus a comment of up to 65535 bytes.
 MAX_END_RECORD_BYTES = 22 + 0xFFFF
 # The central directory is kept (as the end of the input) up to this size to check it against the
-# members read: at 1000 members with 200-byte names it is ~250 KiB.
-MAX_DIRECTORY_BYTES = MiB
+# members read: 1000 members (the default limit) with 100-byte names take ~150 KiB.
+MAX_DIRECTORY_BYTES = 512 * 1024
 CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
 ZIP64_END_RECORD = b"PK\x06\x06"
 ZIP64_END_LOCATOR = b"PK\x06\x07"
@@ -175,7 +176,9 @@ class ArchiveMeter:
         self.compressed_in = 0
         self.total_out = 0
         self.members = 0
-        self.tail = bytearray()
+        #: The last input chunks, just enough to hold the central directory and the end record.
+        self.tail_chunks: deque[bytes] = deque()
+        self.tail_bytes = 0
         #: (raw name, decompressed bytes) of every member read to its end, in archive order.
         self.read: list[tuple[bytes, int]] = []
 
@@ -184,19 +187,23 @@ class ArchiveMeter:
         keep = MAX_DIRECTORY_BYTES + MAX_END_RECORD_BYTES
         for chunk in chunks:
             self.compressed_in += len(chunk)
-            self.tail += chunk
-            if len(self.tail) > 2 * keep:
-                del self.tail[:-keep]
+            self.tail_chunks.append(chunk)
+            self.tail_bytes += len(chunk)
+            while self.tail_bytes - len(self.tail_chunks[0]) >= keep:
+                self.tail_bytes -= len(self.tail_chunks.popleft())
             yield chunk
 
-    def end_record_at(self) -> int:
-        """Where in :attr:`tail` the end-of-central-directory record starts, or -1 when the archive does
-        not end with a whole one.
+    def tail(self) -> bytes:
+        """The last bytes of the input (at least the directory and end record, when they fit)."""
+        return b"".join(self.tail_chunks)
+
+    def end_record_at(self, tail: bytes) -> int:
+        """Where in ``tail`` (:meth:`tail`) the end-of-central-directory record starts, or -1 when the
+        archive does not end with a whole one.
 
         stream_unzip reads the central directory without checking it, so an archive cut inside its
         directory (all members complete) would otherwise pass as whole.
         """
-        tail = self.tail
         position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0))
         while position >= 0:
             if len(tail) >= position + 22:
@@ -206,7 +213,7 @@ class ArchiveMeter:
             position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0), position)
         return -1
 
-    def check_directory(self, end_record: int) -> None:
+    def check_directory(self, tail: bytes, end_record: int) -> None:
         """Compare the central directory with the members read: names, decompressed sizes and count.
 
         A member's CRC covers its data, not its local header: a damaged name (``A.csv`` read as
@@ -214,7 +221,7 @@ class ArchiveMeter:
         its rows. The central directory holds a second copy of every name and size. Skipped (with no
         error) only when the directory is larger than :data:`MAX_DIRECTORY_BYTES`.
         """
-        entries = read_central_directory(bytes(self.tail), end_record, self.compressed_in - len(self.tail))
+        entries = read_central_directory(tail, end_record, self.compressed_in - len(tail))
         if entries is None:
             return
         if len(entries) != len(self.read):
@@ -362,13 +369,14 @@ def iter_members(
         try:
             raw_name, size, raw_chunks = next(raw_members)
         except StopIteration:
-            end_record = meter.end_record_at()
+            tail = meter.tail()
+            end_record = meter.end_record_at(tail)
             if end_record < 0:
                 where = f"after member {previous_name!r}" if previous_name else "at the start of the archive"
                 raise TruncatedArchiveError(
                     f"the archive ends before it is complete: its central directory is cut short ({where})"
                 ) from None
-            meter.check_directory(end_record)
+            meter.check_directory(tail, end_record)
             return
         except stream_unzip.UnzipError as exc:
             # A failure between members is about the next one's header, or the end of the archive.
