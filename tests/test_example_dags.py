@@ -36,20 +36,27 @@ def test_example_dags_import_without_network(monkeypatch):
     assert waiting.get_task("wait_for_job").downstream_task_ids == {"load_to_object_storage", "load_to_warehouse"}
 
 
+def leads_job(sandbox, rows: int) -> str:
+    return sandbox.create_job_from_csv(
+        ("Last_Name,Email,Company\n" + "".join(f"N{i},e{i}@x.com,Acme\n" for i in range(rows))).encode())
+
+
+def migrated_airflow_env(home: Path, *connection_envs: dict[str, str], **variables: str) -> dict[str, str]:
+    """The environment of an ``airflow`` CLI run on the example DAGs with its own, migrated home."""
+    env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES), **variables}
+    for connection_env in connection_envs:
+        env.update(connection_env)
+    airflow_cli("db", "migrate", env=env)
+    return env
+
+
 @pytest.mark.airflow_e2e
 @pytest.mark.slow
 def test_example_dag_with_airflow_dags_test(zoho_sandbox, tmp_path):
     """What the README's demo does: the example DAG, Airflow's CLI runner, the sandbox, real files."""
-    job_id = zoho_sandbox.create_job_from_csv(
-        ("Last_Name,Email,Company\n" + "".join(f"N{i},e{i}@x.com,Acme\n" for i in range(120))).encode())
+    job_id = leads_job(zoho_sandbox, 120)
     home = tmp_path / "airflow"
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
-        "ZOHOBULK_OUTPUT_DIR": str(tmp_path / "out"),
-        **zoho_sandbox.airflow_connection_env(),
-    }
-    airflow_cli("db", "migrate", env=env)
+    env = migrated_airflow_env(home, zoho_sandbox.airflow_connection_env(), ZOHOBULK_OUTPUT_DIR=str(tmp_path / "out"))
     conf = {"job_id": job_id, "destination": f"file://{tmp_path}/out", "duckdb_database": f"{tmp_path}/out/z.duckdb"}
     result = airflow_cli("dags", "test", "zoho_bulk_write_result", "-c", json.dumps(conf), env=env)
     output = result.stdout + result.stderr
@@ -70,16 +77,9 @@ def test_example_dag_with_airflow_dags_test(zoho_sandbox, tmp_path):
 @pytest.mark.slow
 def test_warehouse_example_dag_loads_postgres_and_reruns_without_duplicates(zoho_sandbox, postgres_server, tmp_path):
     """The PostgreSQL variant, as a person triggers it: job id, connection and table from the form."""
-    job_id = zoho_sandbox.create_job_from_csv(
-        ("Last_Name,Email,Company\n" + "".join(f"N{i},e{i}@x.com,Acme\n" for i in range(75))).encode())
-    home = tmp_path / "airflow"
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
-        **zoho_sandbox.airflow_connection_env(),
-        **postgres_server.airflow_conn_env("example_warehouse"),
-    }
-    airflow_cli("db", "migrate", env=env)
+    job_id = leads_job(zoho_sandbox, 75)
+    env = migrated_airflow_env(tmp_path / "airflow", zoho_sandbox.airflow_connection_env(),
+                               postgres_server.airflow_conn_env("example_warehouse"))
     conf = {"job_id": job_id, "warehouse_conn_id": "example_warehouse", "table": "public.\"Bulk Results\""}
     for _run in range(2):
         result = airflow_cli("dags", "test", "zoho_bulk_write_to_warehouse", "-c", json.dumps(conf), env=env)
