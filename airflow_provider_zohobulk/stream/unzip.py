@@ -207,7 +207,7 @@ class ArchiveMeter:
         position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0))
         while position >= 0:
             if len(tail) >= position + 22:
-                comment_length = int.from_bytes(tail[position + 20:position + 22], "little")
+                comment_length = little_endian(tail, position + 20, 2)
                 if position + 22 + comment_length == len(tail):
                     return position
             position = tail.rfind(EMPTY_ARCHIVE, max(len(tail) - MAX_END_RECORD_BYTES, 0), position)
@@ -272,7 +272,7 @@ def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> li
     """``(raw name, uncompressed size)`` of every central-directory entry, zip64 included, or None when
     the directory does not lie wholly in ``tail`` (which starts at archive offset ``tail_offset``)."""
     def number(at: int, size: int) -> int:
-        return int.from_bytes(tail[at:at + size], "little")
+        return little_endian(tail, at, size)
 
     count, size, offset = number(end_record + 10, 2), number(end_record + 12, 4), number(end_record + 16, 4)
     if count == 0xFFFF or 0xFFFFFFFF in (size, offset):
@@ -299,9 +299,9 @@ def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> li
         if uncompressed == 0xFFFFFFFF:  # the real size is the first field of the zip64 extra block
             extra, position = tail[at + 46 + name_length:at + 46 + name_length + extra_length], 0
             while position + 4 <= len(extra):
-                field_id, field_size = number_in(extra, position, 2), number_in(extra, position + 2, 2)
+                field_id, field_size = little_endian(extra, position, 2), little_endian(extra, position + 2, 2)
                 if field_id == 0x0001 and field_size >= 8:
-                    uncompressed = number_in(extra, position + 4, 8)
+                    uncompressed = little_endian(extra, position + 4, 8)
                     break
                 position += 4 + field_size
         entries.append((bytes(name), uncompressed))
@@ -309,7 +309,8 @@ def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> li
     return entries
 
 
-def number_in(data: bytes, at: int, size: int) -> int:
+def little_endian(data: bytes, at: int, size: int) -> int:
+    """The unsigned little-endian integer of ``size`` bytes at ``at`` (zip's byte order)."""
     return int.from_bytes(data[at:at + size], "little")
 
 
