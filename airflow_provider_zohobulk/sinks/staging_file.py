@@ -110,7 +110,8 @@ class StagingFile:
         while True:
             path = self._unused_name()
             try:
-                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)
+                flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+                descriptor = os.open(path, flags, 0o666)
             except FileExistsError:
                 continue
             self.named_path = path
