@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import zipfile
@@ -651,6 +652,24 @@ def test_connection_fixture_sets_the_environment(zoho_sandbox_connection):
 def test_loopback_only():
     with pytest.raises(ZohoConfigurationError, match="loopback"):
         ZohoSandbox("0.0.0.0")
+    refused = subprocess.run([sys.executable, "-m", "airflow_provider_zohobulk.sandbox", "--host", "0.0.0.0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "loopback addresses only" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_ipv6_loopback_serves(tmp_path):
+    try:
+        sandbox = ZohoSandbox("::1").start()
+    except OSError as exc:  # IPv6 compiled in but disabled on the host
+        pytest.skip(f"::1 cannot be bound here: {exc}")
+    try:
+        assert sandbox.url.startswith("http://[::1]:")
+        access = token(sandbox)
+        assert access and sandbox.stats()["tokens_minted"] == 1
+    finally:
+        sandbox.stop()
 
 
 # --- a sandbox in another process -----------------------------------------------------------------------

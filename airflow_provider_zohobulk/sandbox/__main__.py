@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from airflow_provider_zohobulk.errors import ZohoConfigurationError
 from airflow_provider_zohobulk.sandbox.results import sample_leads_csv
 from airflow_provider_zohobulk.sandbox.server import ZohoSandbox
 
@@ -31,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    sandbox = ZohoSandbox(args.host, args.port, job_step_seconds=args.job_step_seconds, state_file=args.state_file)
-    sandbox.start()
+    try:
+        sandbox = ZohoSandbox(args.host, args.port, job_step_seconds=args.job_step_seconds, state_file=args.state_file)
+        sandbox.start()
+    except (ZohoConfigurationError, OSError) as exc:  # a non-loopback host, a port in use
+        parser.error(str(exc))
     print(f"ZOHO_SANDBOX_URL={sandbox.url}", flush=True)
     if args.seed_job:
         job_id = sandbox.create_job_from_csv(sample_leads_csv(args.seed_rows))

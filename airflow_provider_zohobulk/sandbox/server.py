@@ -250,7 +250,8 @@ class ZohoSandbox:
     def start(self) -> ZohoSandbox:
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer((self._host, self._requested_port), _Handler)
+        server_class = _IPv6HTTPServer if ":" in self._host else ThreadingHTTPServer
+        server = server_class((self._host, self._requested_port), _Handler)
         server.daemon_threads = True
         server.sandbox = self  # type: ignore[attr-defined]
         self._server = server
@@ -819,6 +820,12 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
 
 def _zoho_error(code: str, message: str, **details: Any) -> dict[str, Any]:
     return {"code": code, "details": details, "message": message, "status": "error"}
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    """For ``::1``: the standard server binds IPv4 sockets only."""
+
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
