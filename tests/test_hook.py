@@ -441,3 +441,39 @@ def test_test_connection(monkeypatch, zoho_sandbox):
     assert ok and "us" in message
     ok, message = make_hook(monkeypatch, zoho_sandbox, conn_id="zoho_bad", login="nobody").test_connection()
     assert not ok and "InvalidClientError" in message
+
+
+@pytest.mark.parametrize("variant", [
+    {"result_bom": True},
+    {"result_zoho_columns_first": True, "result_status_case": "lower"},
+    {"result_status_case": "title", "download_content_type": "application/x-download",
+     "download_filename_style": "rfc5987"},
+    {"download_content_type": "application/zip", "download_filename_style": "none"},
+], ids=["bom", "zoho-columns-first-lowercase", "title-case-x-download-rfc5987", "zip-no-filename"])
+def test_every_result_variant_the_reference_lists_loads_the_same_rows(monkeypatch, zoho_sandbox, variant):
+    """The sandbox writes each variant a client must tolerate; the canonical rows do not change."""
+    from airflow_provider_zohobulk.bulk_result import read_bulk_write_result
+
+    hook = make_hook(monkeypatch, zoho_sandbox)
+
+    def load(csv_bytes: bytes) -> tuple[str, list[tuple], str | None, bytes]:
+        job_id = zoho_sandbox.create_job_from_csv(csv_bytes)
+        url = hook.get_bulk_write_job(job_id)["result"]["download_url"]
+        with hook.stream_download(url, job_id=job_id) as download:
+            body = b"".join(download)
+        rows = [(row["row_number"], row["status"], row["errors_raw"], row["source"])
+                for _name, batch in read_bulk_write_result([body], job_id=job_id) for row in batch.to_pylist()]
+        return job_id, rows, download.filename, body
+
+    zoho_sandbox.configure(seeded_failure_share=0)
+    csv_bytes = sample_csv() + b",no-name@example.com,Acme,555\n"  # one SKIPPED row: Last_Name missing
+    _, expected, _, _ = load(csv_bytes)
+    zoho_sandbox.configure(**variant)
+    job_id, rows, filename, body = load(csv_bytes)
+    assert rows == expected and {status for _, status, _, _ in rows} == {"ADDED", "SKIPPED"}
+    assert filename == (None if variant.get("download_filename_style") == "none" else f"{job_id}.zip")
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        raw = archive.read(archive.namelist()[0])
+    assert raw.startswith(b"\xef\xbb\xbf") == bool(variant.get("result_bom"))
+    assert raw.lstrip(b"\xef\xbb\xbf").startswith(b"RECORD_ID,STATUS,ERRORS") == bool(
+        variant.get("result_zoho_columns_first"))

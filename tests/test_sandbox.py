@@ -728,3 +728,10 @@ def test_seeded_failures_can_be_switched_off(zoho_sandbox):
     job_id = zoho_sandbox.create_job_from_csv(sample_leads_csv(200))
     _, rows = result_rows(download(zoho_sandbox, job_id, access).content)
     assert all(r["STATUS"] == "SKIPPED" and "INVALID_DATA" in r["ERRORS"] for r in rows)
+
+
+def test_result_variant_options_are_validated(zoho_sandbox):
+    with pytest.raises(ZohoConfigurationError, match="result_status_case must be one of"):
+        zoho_sandbox.configure(result_status_case="camel")
+    with pytest.raises(ZohoConfigurationError, match="download_filename_style must be one of"):
+        zoho_sandbox.configure(download_filename_style="both")

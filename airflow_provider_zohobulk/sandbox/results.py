@@ -20,6 +20,23 @@ from dataclasses import dataclass, field
 from airflow_provider_zohobulk.errors import ZohoConfigurationError
 
 RESULT_COLUMNS = ("RECORD_ID", "STATUS", "ERRORS")
+STATUS_CASES = ("upper", "lower", "title")
+
+
+@dataclass(frozen=True)
+class ResultLayout:
+    """How the result CSV is written: Zoho's usual layout by default, or the variants the reference
+    says a client must tolerate (a BOM, Zoho's columns first, the status in another case)."""
+
+    bom: bool = False
+    zoho_columns_first: bool = False
+    status_case: str = "upper"  # upper | lower | title
+
+    def row(self, mapped: list[str], zoho: list[str]) -> list[str]:
+        return zoho + mapped if self.zoho_columns_first else mapped + zoho
+
+    def status(self, status: str) -> str:
+        return {"lower": status.lower(), "title": status.title()}.get(self.status_case, status)
 UPLOAD_DELIMITERS = (",", ";", ":", "|")
 
 #: Columns Zoho refuses to leave empty, per module; other modules use their first mapped column.
@@ -125,6 +142,7 @@ def build_result(
     find_record: Callable[[str, str, str], str | None],
     remember_record: Callable[[str, str, str, str], None],
     seeded_failure_share: float = SEEDED_INVALID_SHARE,
+    layout: ResultLayout = ResultLayout(),
 ) -> ResultFile:
     """The result CSV for one resource, with counts that match it row for row.
 
@@ -148,7 +166,7 @@ def build_result(
 
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([header[i] for i in shown] + list(RESULT_COLUMNS))
+    writer.writerow(layout.row([header[i] for i in shown], list(RESULT_COLUMNS)))
     for row in upload.rows:
         row = row + [""] * (len(header) - len(row))
         errors: list[str] = []
@@ -180,8 +198,9 @@ def build_result(
                         remember_record(plan.module, api_by_index[index], row[index].strip(), record_id)
         counts["total_count"] += 1
         counts[{"ADDED": "added_count", "UPDATED": "updated_count"}.get(status, "skipped_count")] += 1
-        writer.writerow([row[i] for i in shown] + [record_id, status, ":".join(errors)])
-    return ResultFile(f"{plan.module}-{upload.name}", out.getvalue().encode("utf-8"), counts)
+        writer.writerow(layout.row([row[i] for i in shown], [record_id, layout.status(status), ":".join(errors)]))
+    encoded = out.getvalue().encode("utf-8")
+    return ResultFile(f"{plan.module}-{upload.name}", b"\xef\xbb\xbf" + encoded if layout.bom else encoded, counts)
 
 
 def _column_for(api_name: str, api_by_index: dict[int, str], header: list[str]) -> int | None:

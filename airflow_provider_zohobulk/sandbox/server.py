@@ -70,6 +70,7 @@ _DEFAULT_FAULT_BODIES: dict[int, dict[str, Any]] = {
 
 TOKEN_RESPONSE_STYLES = ("expires_in", "expires_in_sec", "both", "none")
 IN_PROGRESS_SPELLINGS = ("IN PROGRESS", "INPROGRESS")
+DOWNLOAD_FILENAME_STYLES = ("plain", "rfc5987", "none")
 
 # Which endpoints a fault kind can hit. Faults that change the result file only ever hit downloads, so
 # ``add_fault("drop_mid_body")`` followed by "get job details, then download" breaks the download.
@@ -112,6 +113,12 @@ class SandboxOptions:
     upload_limit_bytes: int = 25 * 1024 * 1024
     org_id: str = "sandbox-org"
     seeded_failure_share: float = results.SEEDED_INVALID_SHARE  # 0 makes every result follow from the upload alone
+    # Variants of the result a client must tolerate (see the reference):
+    result_bom: bool = False  # a UTF-8 BOM before the header
+    result_zoho_columns_first: bool = False  # RECORD_ID, STATUS, ERRORS before the mapped columns
+    result_status_case: str = "upper"  # upper | lower | title
+    download_content_type: str = "application/octet-stream"  # also application/zip, application/x-download
+    download_filename_style: str = "plain"  # plain: filename="x.zip" | rfc5987: filename*=UTF-8''x.zip | none
 
     def validate(self) -> None:
         if self.token_response_style not in TOKEN_RESPONSE_STYLES:
@@ -122,6 +129,13 @@ class SandboxOptions:
             raise ZohoConfigurationError(
                 f"sandbox in_progress_spelling must be one of {IN_PROGRESS_SPELLINGS}, "
                 f"not {self.in_progress_spelling!r}")
+        if self.result_status_case not in results.STATUS_CASES:
+            raise ZohoConfigurationError(
+                f"sandbox result_status_case must be one of {results.STATUS_CASES}, not {self.result_status_case!r}")
+        if self.download_filename_style not in DOWNLOAD_FILENAME_STYLES:
+            raise ZohoConfigurationError(
+                f"sandbox download_filename_style must be one of {DOWNLOAD_FILENAME_STYLES}, "
+                f"not {self.download_filename_style!r}")
         if not 0.0 <= self.seeded_failure_share <= 1.0:
             raise ZohoConfigurationError(
                 f"sandbox seeded_failure_share must be between 0 and 1, not {self.seeded_failure_share!r}")
@@ -430,7 +444,9 @@ class ZohoSandbox:
                 plan = results.ResultPlan(module, operation, upload, indexes, api_names, resource.get("find_by"))
                 built = results.build_result(
                     plan, job_id, new_record_id=self._new_id, find_record=self._find_record,
-                    remember_record=self._remember_record, seeded_failure_share=self.options.seeded_failure_share)
+                    remember_record=self._remember_record, seeded_failure_share=self.options.seeded_failure_share,
+                    layout=results.ResultLayout(self.options.result_bom, self.options.result_zoho_columns_first,
+                                                self.options.result_status_case))
                 members.append((built.member_name, built.csv_bytes))
                 mappings = [{"api_name": name, "index": index, "format": None, "find_by": None, "module": None,
                              "default_value": None} for index, name in zip(indexes, api_names, strict=True)]
@@ -1091,8 +1107,12 @@ class _Handler(BaseHTTPRequestHandler):
         delay = float(params.get("delay", 0.5)) if kind == "slow_body" else 0.0
 
         self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Disposition", f'attachment; filename="{job_id}.zip"')
+        options = self.sandbox.options
+        self.send_header("Content-Type", options.download_content_type)
+        if options.download_filename_style == "plain":
+            self.send_header("Content-Disposition", f'attachment; filename="{job_id}.zip"')
+        elif options.download_filename_style == "rfc5987":
+            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{job_id}.zip")
         self.send_header("Content-Length", str(limit))
         self.end_headers()
         self._log(200)
