@@ -735,3 +735,16 @@ def test_result_variant_options_are_validated(zoho_sandbox):
         zoho_sandbox.configure(result_status_case="camel")
     with pytest.raises(ZohoConfigurationError, match="download_filename_style must be one of"):
         zoho_sandbox.configure(download_filename_style="both")
+
+
+def test_admin_calls_refuse_a_foreign_host_or_origin(zoho_sandbox):
+    """A web page reaching the sandbox through DNS rebinding or a cross-site request must not drive it:
+    admin calls can serve any file of the machine."""
+    admin = f"{zoho_sandbox.url}/_sandbox/stats"
+    assert requests.post(admin, json={}, timeout=10).status_code == 200
+    for headers in ({"Host": f"rebound.example:{zoho_sandbox.port}"}, {"Origin": "http://evil.example"}):
+        answer = requests.post(admin, json={}, headers=headers, timeout=10)
+        assert answer.status_code == 403, headers
+        assert "loopback" in answer.json()["message"]
+    assert requests.post(admin, json={}, headers={"Origin": f"http://localhost:{zoho_sandbox.port}"},
+                         timeout=10).status_code == 200

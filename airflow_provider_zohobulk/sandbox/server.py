@@ -92,6 +92,7 @@ _WRITE_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/?$")
 _JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/([^/]+)/?$")
 _UPLOAD_PATH = re.compile(r"^/crm/v([2-8])/upload/?$")
 _SIGNATURE_PARAM = "X-Sandbox-Signature"
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 _DOWNLOAD_PATH = re.compile(r"^/v2/crm/([^/]+)/bulk-write/([^/]+)/([^/]+)\.zip$")
 
 
@@ -210,7 +211,7 @@ class ZohoSandbox:
         state_file: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in _LOOPBACK_NAMES:
             raise ZohoConfigurationError(f"the sandbox binds loopback addresses only, not {host!r}")
         self._host = host
         self._requested_port = port
@@ -1138,9 +1139,23 @@ class _Handler(BaseHTTPRequestHandler):
         "airflow_connection", "airflow_connection_env",
     })
 
+    def _from_this_machine(self) -> bool:
+        """Admin calls can serve any file of this machine (``create_job_from_zip`` with a path), so a web
+        page must not reach them through DNS rebinding (a hostile name resolving to 127.0.0.1) or a
+        cross-site request: the Host, and the Origin a browser adds, must name the loopback."""
+        def loopback(url_or_host: str) -> bool:
+            host = urlsplit(url_or_host if "//" in url_or_host else f"//{url_or_host}").hostname or ""
+            return host in _LOOPBACK_NAMES
+
+        origin = self.headers.get("Origin")
+        return loopback(self.headers.get("Host", "")) and (origin is None or loopback(origin))
+
     def _admin(self, name: str) -> None:
         body = self._read_body()
         self._entry = {"path": "/_sandbox/" + name}
+        if not self._from_this_machine():
+            self._json(403, {"error": "forbidden", "message": "admin calls are taken from loopback names only"})
+            return
         if name not in self._ADMIN_METHODS:
             self._json(404, {"error": "unknown_admin_method", "message": f"no sandbox admin method {name!r}"})
             return
