@@ -64,3 +64,18 @@ def test_parsing_a_dag_does_not_import_the_sinks_clients():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_the_triggerer_imports_the_trigger_without_the_hook():
+    """Airflow's triggerer imports a trigger's module inside its event loop, blocking every other
+    trigger meanwhile: the hook (requests, filelock; ~0.15 s) must wait for run(), in a worker thread."""
+    code = (
+        "import sys, asyncio\n"
+        "import airflow.triggers.base\n"
+        "from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger\n"
+        "print('airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)\n"
+        "hook = asyncio.run(asyncio.to_thread(ZohoBulkWriteJobTrigger('1')._make_hook))\n"
+        "print(type(hook).__name__, 'airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split("\n")[:2] == ["False", "ZohoCrmHook True"]
