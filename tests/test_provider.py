@@ -50,32 +50,37 @@ def test_only_the_refresh_token_field_is_masked_in_logs():
     assert masked == {"refresh_token"}
 
 
+def lines_printed_by(*statements: str) -> list[str]:
+    """What ``statements`` print when run in a fresh interpreter: what a module imports shows only there."""
+    result = subprocess.run([sys.executable, "-c", "\n".join(statements)], capture_output=True, text=True,
+                            timeout=120, check=True)
+    return result.stdout.splitlines()
+
+
 def test_parsing_a_dag_does_not_import_the_sinks_clients():
     """A DAG file importing the operator and one sink pays for that sink's client only: smart-open (with
     boto3), duckdb and psycopg are imported when a load needs them, not when the scheduler parses DAGs."""
-    code = (
-        "import sys\n"
-        "from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator\n"
-        "from airflow_provider_zohobulk.sinks import ObjectStorageSink\n"
-        "ObjectStorageSink('s3://bucket/{file}.parquet')\n"
-        "print(sorted(m for m in ('smart_open', 'boto3', 'duckdb', 'psycopg') if m in sys.modules))\n"
-        "from airflow_provider_zohobulk.sinks import DuckDBSink\n"
-        "print('duckdb' in sys.modules)\n"
+    printed = lines_printed_by(
+        "import sys",
+        "from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator",
+        "from airflow_provider_zohobulk.sinks import ObjectStorageSink",
+        "ObjectStorageSink('s3://bucket/{file}.parquet')",
+        "print(sorted(m for m in ('smart_open', 'boto3', 'duckdb', 'psycopg') if m in sys.modules))",
+        "from airflow_provider_zohobulk.sinks import DuckDBSink",
+        "print('duckdb' in sys.modules)",
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.split("\n")[:2] == ["[]", "True"]
+    assert printed[:2] == ["[]", "True"]
 
 
 def test_the_triggerer_imports_the_trigger_without_the_hook():
     """Airflow's triggerer imports a trigger's module inside its event loop, blocking every other
     trigger meanwhile: the hook (requests, filelock; ~0.15 s) must wait for run(), in a worker thread."""
-    code = (
-        "import sys, asyncio\n"
-        "import airflow.triggers.base\n"
-        "from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger\n"
-        "print('airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)\n"
-        "hook = asyncio.run(asyncio.to_thread(ZohoBulkWriteJobTrigger('1')._make_hook))\n"
-        "print(type(hook).__name__, 'airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)\n"
+    printed = lines_printed_by(
+        "import sys, asyncio",
+        "import airflow.triggers.base",
+        "from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger",
+        "print('airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)",
+        "hook = asyncio.run(asyncio.to_thread(ZohoBulkWriteJobTrigger('1')._make_hook))",
+        "print(type(hook).__name__, 'airflow_provider_zohobulk.hooks.zoho_crm' in sys.modules)",
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.split("\n")[:2] == ["False", "ZohoCrmHook True"]
+    assert printed[:2] == ["False", "ZohoCrmHook True"]

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,6 @@ class TokenCache:
         Waiting longer than ``timeout`` seconds (the other minter is most likely waiting out Zoho's
         token throttle) raises :class:`~airflow_provider_zohobulk.errors.TokenThrottledError`.
         """
-        from filelock import Timeout
-
         self._ensure_dir()
         with self._key_locks_guard:
             thread_lock = self._key_locks.setdefault(key, threading.Lock())

@@ -417,17 +417,16 @@ class ZohoCrmHook(BaseHook):
         return response
 
     def _check_host(self, url: str) -> None:
-        if not self.endpoints.may_receive_token(url) and urlsplit(url).hostname in self.endpoints.token_hosts:
+        if self.endpoints.may_receive_token(url):
+            return
+        host = urlsplit(url).hostname
+        if host in self.endpoints.token_hosts:  # a Zoho host, but not over https
             raise DisallowedHostError(
-                f"refusing to send the Zoho token over plain http to {urlsplit(url).hostname!r}: Zoho's hosts "
-                "are reached over https (only a host the connection itself names with http://, such as a local "
-                "sandbox, is exempt)")
-        if not self.endpoints.may_receive_token(url):
-            raise DisallowedHostError(
-                f"refusing to send the Zoho token to {urlsplit(url).hostname!r}: it is not a Zoho host of data "
-                f"centre {self.endpoints.data_center!r}; add it to the connection's download_hosts if it is "
-                "genuinely Zoho's"
-            )
+                f"refusing to send the Zoho token over plain http to {host!r}: Zoho's hosts are reached over "
+                "https (only a host the connection itself names with http://, such as a local sandbox, is exempt)")
+        raise DisallowedHostError(
+            f"refusing to send the Zoho token to {host!r}: it is not a Zoho host of data centre "
+            f"{self.endpoints.data_center!r}; add it to the connection's download_hosts if it is genuinely Zoho's")
 
     def _raise_for_zoho_error(self, response: requests.Response, url: str, job_id: str | None = None) -> None:
         if response.status_code < 400:

@@ -213,5 +213,3 @@ def load_batches(
     except BaseException:
         sink.abort()
         raise
-
-
