@@ -352,11 +352,12 @@ def write_results(markdown: str, path: Path = RESULTS_PATH) -> None:
 def serve_from_sandbox(zip_path: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
     """Start the Zoho sandbox serving ``zip_path`` as a finished job; yields (job id, download URL).
 
+    The zip (GBs at full size) is streamed from disk, so the sandbox is told its folder as ``files_dir``.
     Adds the sandbox's Airflow connection to ``env``.
     """
     from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
-    with ZohoSandbox() as sandbox:
+    with ZohoSandbox(files_dir=zip_path.parent) as sandbox:
         job_id = sandbox.create_job_from_zip(zip_path)
         env.update(sandbox.airflow_connection_env())
         os.environ.update(sandbox.airflow_connection_env())

@@ -31,7 +31,10 @@ done
 SANDBOX_URL=$(sed -n 's/^ZOHO_SANDBOX_URL=//p' "$DEMO/sandbox.log" | head -1)
 JOB_ID=$(sed -n 's/^ZOHO_SANDBOX_JOB_ID=//p' "$DEMO/sandbox.log" | head -1)
 echo "   sandbox at $SANDBOX_URL, Bulk Write job $JOB_ID"
-AIRFLOW_CONN_ZOHO_CRM_DEFAULT=$("$PY" -c "
+# The sandbox's admin calls need the per-run token it printed; the client reads it from this variable,
+# set for that one command only.
+ADMIN_TOKEN=$(sed -n 's/^ZOHO_SANDBOX_ADMIN_TOKEN=//p' "$DEMO/sandbox.log" | head -1)
+AIRFLOW_CONN_ZOHO_CRM_DEFAULT=$(ZOHO_SANDBOX_ADMIN_TOKEN="$ADMIN_TOKEN" "$PY" -c "
 import json, sys
 from airflow_provider_zohobulk.sandbox import ZohoSandbox
 print(json.dumps(ZohoSandbox.attach(sys.argv[1]).airflow_connection()))" "$SANDBOX_URL")

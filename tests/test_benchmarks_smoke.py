@@ -112,7 +112,7 @@ def test_every_case_loads_exactly_the_generated_rows(generated, postgres_server,
     zip_path, manifest = generated
     work_dir = tmp_path / "work"
     work_dir.mkdir()
-    with ZohoSandbox() as sandbox:
+    with ZohoSandbox(files_dir=zip_path.parent) as sandbox:  # served from disk, as the benchmark does
         job_id = sandbox.create_job_from_zip(zip_path)
         for name, value in sandbox.airflow_connection_env().items():
             monkeypatch.setenv(name, value)

@@ -19,6 +19,7 @@ from stream_zip import ZIP_32, stream_zip
 
 from airflow_provider_zohobulk.errors import ZohoConfigurationError
 from airflow_provider_zohobulk.sandbox import ZohoSandbox, sample_leads_csv
+from airflow_provider_zohobulk.sandbox.server import ADMIN_TOKEN_ENV, ADMIN_TOKEN_HEADER
 
 SECRETS = ("sandbox-client-secret", "sandbox-refresh-token")
 
@@ -426,25 +427,26 @@ def test_link_expires_and_download_base_is_configurable(zoho_sandbox):
     assert no_token.status_code == 401
 
 
-def test_zip_path_is_streamed_from_disk(zoho_sandbox, tmp_path):
-    access = token(zoho_sandbox)
-    small = tmp_path / "small.zip"
-    small.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n" + b"".join(b"%d,ADDED\r\n" % i for i in range(30000))))
-    job_id = zoho_sandbox.create_job_from_zip(small, counts={"added_count": 30000, "skipped_count": 0,
-                                                             "updated_count": 0, "total_count": 30000})
-    assert download(zoho_sandbox, job_id, access).content == small.read_bytes()
-    assert job_details(zoho_sandbox, job_id, access).json()["resource"][0]["file"]["added_count"] == 30000
-    # an 8 GiB sparse file: the first bytes arrive at once, so nothing reads the file whole
-    huge = tmp_path / "huge.zip"
-    with open(huge, "wb") as f:
-        f.truncate(8 * 1024**3)
-    job_id = zoho_sandbox.create_job_from_zip(huge)
-    with download(zoho_sandbox, job_id, access, stream=True) as response:
-        assert int(response.headers["Content-Length"]) == 8 * 1024**3
-        first = response.raw.read(1024 * 1024)
-        assert first == b"\0" * (1024 * 1024)
-    with pytest.raises(ZohoConfigurationError, match="no file"):
-        zoho_sandbox.create_job_from_zip(tmp_path / "missing.zip")
+def test_zip_path_is_streamed_from_disk(tmp_path):
+    with ZohoSandbox(files_dir=tmp_path) as zoho_sandbox:
+        access = token(zoho_sandbox)
+        small = tmp_path / "small.zip"
+        small.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n" + b"".join(b"%d,ADDED\r\n" % i for i in range(30000))))
+        job_id = zoho_sandbox.create_job_from_zip(small, counts={"added_count": 30000, "skipped_count": 0,
+                                                                 "updated_count": 0, "total_count": 30000})
+        assert download(zoho_sandbox, job_id, access).content == small.read_bytes()
+        assert job_details(zoho_sandbox, job_id, access).json()["resource"][0]["file"]["added_count"] == 30000
+        # an 8 GiB sparse file: the first bytes arrive at once, so nothing reads the file whole
+        huge = tmp_path / "huge.zip"
+        with open(huge, "wb") as f:
+            f.truncate(8 * 1024**3)
+        job_id = zoho_sandbox.create_job_from_zip(huge)
+        with download(zoho_sandbox, job_id, access, stream=True) as response:
+            assert int(response.headers["Content-Length"]) == 8 * 1024**3
+            first = response.raw.read(1024 * 1024)
+            assert first == b"\0" * (1024 * 1024)
+        with pytest.raises(ZohoConfigurationError, match="no file"):
+            zoho_sandbox.create_job_from_zip(tmp_path / "missing.zip")
 
 
 def test_failed_job_from_zip(zoho_sandbox):
@@ -676,7 +678,12 @@ def test_ipv6_loopback_serves(tmp_path):
 
 
 def test_cli_and_attach(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "airflow_provider_zohobulk.sandbox", "--port", "0", "--seed-job"],
+    served = tmp_path / "served"
+    served.mkdir()
+    served_zip = served / "result.zip"
+    served_zip.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n1,ADDED\r\n"))
+    proc = subprocess.Popen([sys.executable, "-m", "airflow_provider_zohobulk.sandbox", "--port", "0", "--seed-job",
+                             "--files-dir", str(served)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         printed = {}
@@ -685,8 +692,15 @@ def test_cli_and_attach(tmp_path):
             assert line, proc.stderr.read()
             key, _, value = line.strip().partition("=")
             printed[key] = value
-        remote = ZohoSandbox.attach(printed["ZOHO_SANDBOX_URL"])
+        admin_token = printed[ADMIN_TOKEN_ENV]
+        assert len(admin_token) >= 32
+        refused = requests.post(f"{printed['ZOHO_SANDBOX_URL']}/_sandbox/stats", json={}, timeout=10)
+        assert refused.status_code == 403
+        remote = ZohoSandbox.attach(printed["ZOHO_SANDBOX_URL"], admin_token=admin_token)
         job_id = printed["ZOHO_SANDBOX_JOB_ID"]
+        assert remote.create_job_from_zip(served_zip)
+        with pytest.raises(ZohoConfigurationError, match="outside the sandbox's files_dir"):
+            remote.create_job_from_zip(tmp_path / "elsewhere.zip")
 
         conn = remote.airflow_connection()
         assert conn["extra"]["api_domain"] == printed["ZOHO_SANDBOX_URL"] == remote.url
@@ -711,7 +725,7 @@ def test_cli_and_attach(tmp_path):
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "GET /crm/bulk/v8/write/" in stderr
-    for secret in (*SECRETS, access):
+    for secret in (*SECRETS, access, admin_token):
         assert secret not in stderr
 
 
@@ -741,10 +755,131 @@ def test_admin_calls_refuse_a_foreign_host_or_origin(zoho_sandbox):
     """A web page reaching the sandbox through DNS rebinding or a cross-site request must not drive it:
     admin calls can serve any file of the machine."""
     admin = f"{zoho_sandbox.url}/_sandbox/stats"
-    assert requests.post(admin, json={}, timeout=10).status_code == 200
+    token_header = {ADMIN_TOKEN_HEADER: zoho_sandbox.admin_token}
+    assert requests.post(admin, json={}, headers=token_header, timeout=10).status_code == 200
     for headers in ({"Host": f"rebound.example:{zoho_sandbox.port}"}, {"Origin": "http://evil.example"}):
-        answer = requests.post(admin, json={}, headers=headers, timeout=10)
+        answer = requests.post(admin, json={}, headers={**token_header, **headers}, timeout=10)
         assert answer.status_code == 403, headers
         assert "loopback" in answer.json()["message"]
-    assert requests.post(admin, json={}, headers={"Origin": f"http://localhost:{zoho_sandbox.port}"},
+    assert requests.post(admin, json={}, headers={**token_header, "Origin": f"http://localhost:{zoho_sandbox.port}"},
                          timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+def test_admin_calls_are_post_only(zoho_sandbox, method):
+    """An <img src=".../_sandbox/reset"> on any web page sends a GET without Origin: it must do nothing."""
+    job_id = zoho_sandbox.create_job_from_csv(TRICKY_CSV)
+    answer = requests.request(method, f"{zoho_sandbox.url}/_sandbox/reset", timeout=10,
+                              headers={ADMIN_TOKEN_HEADER: zoho_sandbox.admin_token})
+    assert answer.status_code == 405
+    assert answer.headers["Allow"] == "POST"
+    assert not any(name.lower().startswith("access-control-") for name in answer.headers)
+    assert zoho_sandbox.job_details(job_id) is not None
+
+
+@pytest.mark.parametrize("sent", [None, "", "wrong-token"])
+def test_admin_calls_need_this_runs_token(zoho_sandbox, sent):
+    job_id = zoho_sandbox.create_job_from_csv(TRICKY_CSV)
+    headers = {} if sent is None else {ADMIN_TOKEN_HEADER: sent}
+    for method in ("reset", "create_job_from_zip", "no_such_method"):
+        answer = requests.post(f"{zoho_sandbox.url}/_sandbox/{method}", json={"zip_bytes_or_path": "/etc/passwd"},
+                               headers=headers, timeout=10)
+        assert answer.status_code == 403, method
+        assert ADMIN_TOKEN_HEADER in answer.json()["message"]
+    assert zoho_sandbox.job_details(job_id) is not None
+    assert zoho_sandbox.stats()["jobs"] == 1
+    accepted = requests.post(f"{zoho_sandbox.url}/_sandbox/reset", json={}, timeout=10,
+                             headers={ADMIN_TOKEN_HEADER: zoho_sandbox.admin_token})
+    assert accepted.status_code == 200
+    assert zoho_sandbox.job_details(job_id) is None
+
+
+def test_admin_token_is_random_per_run_and_can_be_chosen():
+    with ZohoSandbox() as first, ZohoSandbox() as second:
+        assert len(first.admin_token) >= 32 and first.admin_token != second.admin_token
+    with ZohoSandbox(admin_token="chosen-for-this-test") as chosen:
+        assert chosen.client().stats()["jobs"] == 0
+        assert requests.post(f"{chosen.url}/_sandbox/stats", json={}, timeout=10,
+                             headers={ADMIN_TOKEN_HEADER: "chosen-for-this-test"}).status_code == 200
+    with pytest.raises(ZohoConfigurationError, match="admin_token"):
+        ZohoSandbox(admin_token="")
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", None])
+def test_admin_preflight_gets_no_cors_approval(zoho_sandbox, origin):
+    """The token header makes a browser ask first (a CORS preflight); the answer must not approve it."""
+    headers = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": ADMIN_TOKEN_HEADER}
+    if origin:
+        headers["Origin"] = origin
+    answer = requests.options(f"{zoho_sandbox.url}/_sandbox/reset", headers=headers, timeout=10)
+    assert answer.status_code in (403, 405)
+    assert not any(name.lower().startswith("access-control-") for name in answer.headers)
+
+
+def test_client_sends_the_token_and_needs_one(zoho_sandbox, monkeypatch):
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    with pytest.raises(ZohoConfigurationError, match=ADMIN_TOKEN_ENV):
+        ZohoSandbox.attach(zoho_sandbox.url)
+    wrong = ZohoSandbox.attach(zoho_sandbox.url, admin_token="wrong-token")
+    with pytest.raises(ZohoConfigurationError, match=r"refused reset: admin calls need this run's admin token"):
+        wrong.reset()
+    job_id = zoho_sandbox.create_job_from_csv(TRICKY_CSV)
+    assert zoho_sandbox.client().job_details(job_id)["id"] == job_id
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, zoho_sandbox.admin_token)
+    assert ZohoSandbox.attach(zoho_sandbox.url).job_details(job_id)["id"] == job_id
+
+
+def test_zip_paths_are_refused_without_a_files_dir(zoho_sandbox, tmp_path):
+    archive = tmp_path / "result.zip"
+    archive.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n1,ADDED\r\n"))
+    with pytest.raises(ZohoConfigurationError, match="files_dir") as refused:
+        zoho_sandbox.create_job_from_zip(archive)
+    assert str(archive) in str(refused.value)
+    with pytest.raises(ZohoConfigurationError, match="files_dir"):  # the same over HTTP
+        zoho_sandbox.client().create_job_from_zip(archive)
+    assert zoho_sandbox.stats()["jobs"] == 0
+    assert zoho_sandbox.client().create_job_from_zip(archive.read_bytes())  # bytes sent in the call still work
+
+
+def test_zip_paths_are_served_only_from_the_files_dir(tmp_path):
+    served = tmp_path / "served"
+    (served / "sub").mkdir(parents=True)
+    inside = served / "sub" / "result.zip"
+    inside.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n1,ADDED\r\n"))
+    outside = tmp_path / "secret.zip"
+    outside.write_bytes(b"not for the web")
+    (served / "escape.zip").symlink_to(outside)
+    (served / "escape_dir").symlink_to(tmp_path)
+    (served / "alias.zip").symlink_to(inside)  # a link that stays inside is fine
+    with ZohoSandbox(files_dir=served) as sandbox:
+        remote = sandbox.client()
+        for escape in (outside, served / ".." / "secret.zip", "../secret.zip", served / "escape.zip",
+                       served / "escape_dir" / "secret.zip", "/etc/passwd"):
+            for caller in (sandbox, remote):
+                with pytest.raises(ZohoConfigurationError, match="outside the sandbox's files_dir") as refused:
+                    caller.create_job_from_zip(escape)
+                assert str(escape) in str(refused.value) and str(served) in str(refused.value)
+        assert sandbox.stats()["jobs"] == 0
+        access = token(sandbox)
+        for allowed in (inside, "sub/result.zip", served / "alias.zip", served / "sub" / ".." / "sub" / "result.zip"):
+            job_id = remote.create_job_from_zip(allowed)
+            assert download(sandbox, job_id, access).content == inside.read_bytes(), allowed
+        with pytest.raises(ZohoConfigurationError, match="no file"):
+            sandbox.create_job_from_zip("sub/missing.zip")
+    with pytest.raises(ZohoConfigurationError, match="files_dir"):
+        ZohoSandbox(files_dir=tmp_path / "missing")
+
+
+def test_restarted_sandbox_serves_saved_paths_only_from_its_files_dir(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "result.zip"
+    archive.write_bytes(zip_of("Leads-x.csv", b"A,STATUS\r\n1,ADDED\r\n"))
+    state = tmp_path / "sandbox.json"
+    with ZohoSandbox(files_dir=served, state_file=state) as sandbox:
+        sandbox.create_job_from_zip(archive)
+    with pytest.raises(ZohoConfigurationError, match="files_dir") as refused:
+        ZohoSandbox(state_file=state)
+    assert str(archive) in str(refused.value)
+    with ZohoSandbox(files_dir=served, state_file=state) as restarted:
+        assert restarted.stats()["jobs"] == 1

@@ -1,7 +1,8 @@
 """A local Zoho emulator (accounts, CRM Bulk Write API, result downloads) with faults on demand.
 
 ``ZohoSandbox`` runs in-process (tests, benchmarks); ``python -m airflow_provider_zohobulk.sandbox``
-runs it in the foreground for the demo and users' CI, and ``ZohoSandbox.attach(url)`` drives that.
+runs it in the foreground for the demo and users' CI, and ``ZohoSandbox.attach(url, admin_token=...)``
+drives that with the admin token it printed at start.
 No Airflow import here: the core's tests and benchmarks use it without Airflow.
 """
 

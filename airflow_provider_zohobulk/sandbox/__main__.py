@@ -1,8 +1,10 @@
 """``python -m airflow_provider_zohobulk.sandbox``: run the sandbox in the foreground.
 
-Prints ``ZOHO_SANDBOX_URL=...`` (and with ``--seed-job`` ``ZOHO_SANDBOX_JOB_ID=...``) on stdout,
-flushed at once, so a script can start it in the background and parse those lines; request logs go
-to stderr, one line each, without tokens or secrets (paths only, never query strings).
+Prints ``ZOHO_SANDBOX_URL=...``, ``ZOHO_SANDBOX_ADMIN_TOKEN=...`` (this run's secret for the admin
+calls: ``ZohoSandbox.attach(url, admin_token=...)``, or export the line as it is) and with
+``--seed-job`` ``ZOHO_SANDBOX_JOB_ID=...`` on stdout, flushed at once, so a script can start it in the
+background and parse those lines; request logs go to stderr, one line each, without tokens or secrets
+(paths only, never query strings).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 
 from airflow_provider_zohobulk.errors import ZohoConfigurationError
 from airflow_provider_zohobulk.sandbox.results import sample_leads_csv
-from airflow_provider_zohobulk.sandbox.server import ZohoSandbox
+from airflow_provider_zohobulk.sandbox.server import ADMIN_TOKEN_ENV, ZohoSandbox
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,15 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-step-seconds", type=float, default=0.0,
                         help="sandbox seconds per job step ADDED -> IN PROGRESS -> COMPLETED")
     parser.add_argument("--state-file", help="keep jobs, uploads and tokens in this JSON file across restarts")
+    parser.add_argument("--files-dir", help="the folder create_job_from_zip may serve paths from "
+                                            "(without it only zip bytes sent in the call are taken)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     try:
-        sandbox = ZohoSandbox(args.host, args.port, job_step_seconds=args.job_step_seconds, state_file=args.state_file)
+        sandbox = ZohoSandbox(args.host, args.port, job_step_seconds=args.job_step_seconds,
+                              state_file=args.state_file, files_dir=args.files_dir)
         sandbox.start()
-    except (ZohoConfigurationError, OSError) as exc:  # a non-loopback host, a port in use
+    except (ZohoConfigurationError, OSError) as exc:  # a non-loopback host, a port in use, a missing folder
         parser.error(str(exc))
     print(f"ZOHO_SANDBOX_URL={sandbox.url}", flush=True)
+    print(f"{ADMIN_TOKEN_ENV}={sandbox.admin_token}", flush=True)
     if args.seed_job:
         job_id = sandbox.create_job_from_csv(sample_leads_csv(args.seed_rows))
         print(f"ZOHO_SANDBOX_JOB_ID={job_id}", flush=True)

@@ -2,7 +2,10 @@
 
 It mirrors :class:`~airflow_provider_zohobulk.sandbox.server.ZohoSandbox`'s public methods one for one
 and sends each as ``POST /_sandbox/<method>`` with JSON keyword arguments; the running sandbox does
-the work. Standard library only, so a CI script needs nothing beyond this package.
+the work. Each call carries the admin token the sandbox printed at start (``ZOHO_SANDBOX_ADMIN_TOKEN=...``),
+given as ``admin_token`` or read from the ``ZOHO_SANDBOX_ADMIN_TOKEN`` environment variable, so a
+script can export the sandbox's printed lines as they are. Standard library only, so a CI script needs
+nothing beyond this package.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_zohobulk.errors import ZohoConfigurationError, ZohoConnectionError
-from airflow_provider_zohobulk.sandbox.server import encode_admin_value
+from airflow_provider_zohobulk.sandbox.server import ADMIN_TOKEN_ENV, ADMIN_TOKEN_HEADER, encode_admin_value
 
 
 class SandboxClient:
     """Drive a running sandbox over HTTP; same method names and results as the in-process object."""
 
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, *, admin_token: str | None = None, timeout: float = 60.0) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ZohoConfigurationError(f"{url!r} is not a sandbox URL like http://127.0.0.1:8765")
+        admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV)
+        if not admin_token:
+            raise ZohoConfigurationError(
+                f"no admin token for the sandbox at {url}: pass admin_token= or set {ADMIN_TOKEN_ENV} to the "
+                f"value the sandbox printed at start ({ADMIN_TOKEN_ENV}=...)")
+        self._admin_token = admin_token
         self.url = url.rstrip("/")
         self.port = parts.port
         self.timeout = timeout
@@ -32,7 +41,7 @@ class SandboxClient:
     def _call(self, method: str, **kwargs: Any) -> Any:
         request = urllib.request.Request(
             f"{self.url}/_sandbox/{method}", data=json.dumps(encode_admin_value(kwargs)).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            headers={"Content-Type": "application/json", ADMIN_TOKEN_HEADER: self._admin_token}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())["result"]
@@ -78,7 +87,8 @@ class SandboxClient:
         return self._call("create_job_from_csv", csv_bytes=csv_bytes, **kwargs)
 
     def create_job_from_zip(self, zip_bytes_or_path: bytes | str | os.PathLike[str], **kwargs: Any) -> str:
-        """A path is opened by the sandbox process itself, so it must exist on the sandbox's machine."""
+        """A path is opened by the sandbox process itself: it must be under the ``--files-dir`` that
+        sandbox was started with (relative paths are taken from there)."""
         return self._call("create_job_from_zip", zip_bytes_or_path=zip_bytes_or_path, **kwargs)
 
     def job_details(self, job_id: str) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@
 Any project with the package installed gets ``zoho_sandbox`` (fresh per test),
 ``zoho_sandbox_session`` (one per session; calling ``.reset()`` between tests is the caller's
 choice) and ``zoho_sandbox_connection`` (a fresh sandbox plus ``AIRFLOW_CONN_ZOHO_CRM_DEFAULT``
-pointing at it).
+pointing at it). Each yields the in-process sandbox; its ``client()`` drives it over HTTP with its
+admin token already set. They serve zips from bytes only: a test serving a zip by path starts its own
+``ZohoSandbox(files_dir=...)``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ Design:
   so token expiry, job progress and link expiry can be tested without waiting.
 * Every public method is also reachable as ``POST /_sandbox/<method>`` (JSON), which is how
   :class:`~airflow_provider_zohobulk.sandbox.client.SandboxClient` drives a sandbox in another process.
-  Admin calls are neither recorded in :meth:`ZohoSandbox.stats` nor subject to faults.
+  Admin calls are neither recorded in :meth:`ZohoSandbox.stats` nor subject to faults. They can reset
+  state and serve files, and any web page the user opens can send requests to 127.0.0.1, so each must
+  be a POST, name the loopback in Host and Origin, and carry this run's admin token in a header (which
+  also makes a browser ask a CORS preflight first, one the sandbox never approves).
+* Zips given by path are served only from the ``files_dir`` folder named at start (none by default).
 * Standard library only, no Airflow import: tests, benchmarks, the demo and users' CI all start it.
 """
 
@@ -92,6 +96,10 @@ _WRITE_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/?$")
 _JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/([^/]+)/?$")
 _UPLOAD_PATH = re.compile(r"^/crm/v([2-8])/upload/?$")
 _SIGNATURE_PARAM = "X-Sandbox-Signature"
+#: The header every admin call carries this run's admin token in (see :attr:`ZohoSandbox.admin_token`).
+ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"
+#: The line the CLI prints the token on, and where :class:`SandboxClient` looks for it when not given one.
+ADMIN_TOKEN_ENV = "ZOHO_SANDBOX_ADMIN_TOKEN"
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 _DOWNLOAD_PATH = re.compile(r"^/v2/crm/([^/]+)/bulk-write/([^/]+)/([^/]+)\.zip$")
 
@@ -209,10 +217,24 @@ class ZohoSandbox:
         token_limit: int = 10,
         token_window_seconds: float = 600,
         state_file: str | os.PathLike[str] | None = None,
+        files_dir: str | os.PathLike[str] | None = None,
+        admin_token: str | None = None,
         **options: Any,
     ) -> None:
+        """``files_dir``: the only folder :meth:`create_job_from_zip` serves paths from (None: no paths,
+        only bytes). ``admin_token``: the secret admin calls must send in ``X-Sandbox-Admin-Token``;
+        random per run unless a test chooses one."""
         if host not in _LOOPBACK_NAMES:
             raise ZohoConfigurationError(f"the sandbox binds loopback addresses only, not {host!r}")
+        if admin_token is not None and not admin_token:
+            raise ZohoConfigurationError("the sandbox admin_token must be a non-empty string, or None for a random one")
+        #: Admin calls over HTTP must carry it (``ADMIN_TOKEN_HEADER``); the CLI prints it at start.
+        self.admin_token = admin_token or secrets.token_urlsafe(32)
+        self.files_dir: str | None = None
+        if files_dir is not None:
+            self.files_dir = os.path.realpath(files_dir)
+            if not os.path.isdir(self.files_dir):
+                raise ZohoConfigurationError(f"the sandbox files_dir {os.fspath(files_dir)} is not a folder")
         self._host = host
         self._requested_port = port
         #: Signs the pre-signed download links of ``redirect`` faults (valid while this sandbox runs).
@@ -256,11 +278,19 @@ class ZohoSandbox:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     @classmethod
-    def attach(cls, url: str) -> SandboxClient:
-        """A client for a sandbox running elsewhere (``python -m airflow_provider_zohobulk.sandbox``)."""
+    def attach(cls, url: str, admin_token: str | None = None) -> SandboxClient:
+        """A client for a sandbox running elsewhere (``python -m airflow_provider_zohobulk.sandbox``).
+
+        ``admin_token`` is the ``ZOHO_SANDBOX_ADMIN_TOKEN=...`` that sandbox printed at start; without
+        it the client reads the ``ZOHO_SANDBOX_ADMIN_TOKEN`` environment variable.
+        """
         from airflow_provider_zohobulk.sandbox.client import SandboxClient
 
-        return SandboxClient(url)
+        return SandboxClient(url, admin_token=admin_token)
+
+    def client(self) -> SandboxClient:
+        """A client driving this sandbox over HTTP, as another process would, holding its admin token."""
+        return self.attach(self.url, admin_token=self.admin_token)
 
     def start(self) -> ZohoSandbox:
         if self._server is not None:
@@ -329,7 +359,7 @@ class ZohoSandbox:
     # --- admin API (also served under /_sandbox/<name>) -----------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"url": self.url, "port": self.port, "options": asdict(self.options)}
+        return {"url": self.url, "port": self.port, "files_dir": self.files_dir, "options": asdict(self.options)}
 
     def configure(self, **options: Any) -> dict[str, Any]:
         """Change behaviour switches (see :class:`SandboxOptions`); returns all current values."""
@@ -490,19 +520,21 @@ class ZohoSandbox:
         counts: dict[str, int] | None = None,
         module: str = "Leads",
     ) -> str:
-        """Serve any zip (bytes, or a path streamed from disk) as the result of a job with ``status``.
+        """Serve a zip (bytes, or a path under ``files_dir`` streamed from disk) as the result of a job
+        with ``status``.
 
-        The job reports ``counts`` as its file counts (none when not given: the sandbox does not read
-        the zip, so a 400 MB benchmark archive costs nothing here). It does not progress with time.
+        A path may be relative to ``files_dir``; one that leaves it (``..``, a symbolic link pointing
+        out, an absolute path elsewhere) is refused, because admin calls come over HTTP and the sandbox
+        must not hand out the machine's other files. The job reports ``counts`` as its file counts
+        (none when not given: the sandbox does not read the zip, so a 400 MB benchmark archive costs
+        nothing here). It does not progress with time.
         """
         path: str | None = None
         data: bytes | None = None
         if isinstance(zip_bytes_or_path, bytes | bytearray | memoryview):
             data = bytes(zip_bytes_or_path)
         else:
-            path = os.fspath(zip_bytes_or_path)
-            if not os.path.isfile(path):
-                raise ZohoConfigurationError(f"create_job_from_zip: no file at {path}")
+            path = self._served_path(zip_bytes_or_path)
         file_name = Path(path).name if path else "result.zip"
         with self._lock:
             job_id = self._new_id()
@@ -556,6 +588,22 @@ class ZohoSandbox:
                 details["result"] = {
                     "download_url": f"{base}/v2/crm/{self.options.org_id}/bulk-write/{job_id}/{job_id}.zip"}
             return details
+
+    def _served_path(self, requested: str | os.PathLike[str]) -> str:
+        """The real path of a zip under ``files_dir``; :class:`ZohoConfigurationError` naming both if not."""
+        shown = os.fspath(requested)
+        if self.files_dir is None:
+            raise ZohoConfigurationError(
+                f"create_job_from_zip: the sandbox serves no files from disk, so not {shown}: start it with "
+                "files_dir=... (--files-dir) naming the folder that holds the zips, or pass the zip's bytes")
+        real = os.path.realpath(os.path.join(self.files_dir, shown))
+        if os.path.commonpath([real, self.files_dir]) != self.files_dir:
+            raise ZohoConfigurationError(
+                f"create_job_from_zip: {shown} is outside the sandbox's files_dir {self.files_dir} "
+                f"(it resolves to {real})")
+        if not os.path.isfile(real):
+            raise ZohoConfigurationError(f"create_job_from_zip: no file at {shown} (in files_dir {self.files_dir})")
+        return real
 
     # --- internals used by the handler --------------------------------------------------------------
 
@@ -685,6 +733,14 @@ class ZohoSandbox:
         self._uploads = {k: base64.b64decode(v) for k, v in state["uploads"].items()}
         self._records = {(m, a, v): r for m, a, v, r in state["records"]}
         self._jobs = {job["job_id"]: _job_from_json(job) for job in state["jobs"]}
+        for job in self._jobs.values():  # this run may name another files_dir, or none
+            if job.result_path is not None:
+                try:
+                    job.result_path = self._served_path(job.result_path)
+                except ZohoConfigurationError as exc:
+                    raise ZohoConfigurationError(
+                        f"the sandbox state file {self._state_file} has a job served from disk: {exc.message}",
+                        job_id=job.job_id) from None
 
 
 def _job_to_json(job: _Job) -> dict[str, Any]:
@@ -875,7 +931,24 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
+    # HEAD, OPTIONS (a CORS preflight) and PATCH exist only to refuse admin calls with 405 like any
+    # other non-POST; elsewhere they stay unsupported (501), as Zoho's endpoints do not take them here.
+    def do_HEAD(self) -> None:
+        self._admin_or_unsupported()
+
+    def do_OPTIONS(self) -> None:
+        self._admin_or_unsupported()
+
+    def do_PATCH(self) -> None:
+        self._admin_or_unsupported()
+
     # --- plumbing ---------------------------------------------------------------------------------
+
+    def _admin_or_unsupported(self) -> None:
+        if urlsplit(self.path).path.startswith("/_sandbox/"):
+            self._dispatch()
+        else:
+            self.send_error(501, f"Unsupported method ({self.command!r})")
 
     def _dispatch(self) -> None:
         path = urlsplit(self.path).path
@@ -947,7 +1020,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
         self._log(status)
 
     def _reset(self) -> None:
@@ -1140,9 +1214,8 @@ class _Handler(BaseHTTPRequestHandler):
     })
 
     def _from_this_machine(self) -> bool:
-        """Admin calls can serve any file of this machine (``create_job_from_zip`` with a path), so a web
-        page must not reach them through DNS rebinding (a hostile name resolving to 127.0.0.1) or a
-        cross-site request: the Host, and the Origin a browser adds, must name the loopback."""
+        """The Host, and the Origin a browser adds, must name the loopback: a web page reaching the
+        sandbox through DNS rebinding (a hostile name resolving to 127.0.0.1) sends its own name."""
         def loopback(url_or_host: str) -> bool:
             host = urlsplit(url_or_host if "//" in url_or_host else f"//{url_or_host}").hostname or ""
             return host in _LOOPBACK_NAMES
@@ -1150,12 +1223,34 @@ class _Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         return loopback(self.headers.get("Host", "")) and (origin is None or loopback(origin))
 
-    def _admin(self, name: str) -> None:
-        body = self._read_body()
-        self._entry = {"path": "/_sandbox/" + name}
+    def _admin_refusal(self) -> tuple[int, str, dict[str, str] | None] | None:
+        """Why this admin call is refused (status, message, headers), or None to serve it.
+
+        Admin calls reset state and serve files, and any web page the user opens may send requests to
+        127.0.0.1: an ``<img>`` sends a GET without Origin, a form a POST. So only a POST is served, and
+        only with this run's token in a header, which a page can neither know nor send without a CORS
+        preflight; preflights (OPTIONS) get a 405 without any ``Access-Control-Allow-*`` header.
+        """
+        if self.command != "POST":
+            return 405, "sandbox admin calls are POST only", {"Allow": "POST"}
         if not self._from_this_machine():
-            self._json(403, {"error": "forbidden", "message": "admin calls are taken from loopback names only"})
+            return 403, "admin calls are taken from loopback names only", None
+        sent = self.headers.get(ADMIN_TOKEN_HEADER, "").encode("utf-8", "replace")
+        if not hmac.compare_digest(sent, self.sandbox.admin_token.encode()):
+            return 403, (f"admin calls need this run's admin token in the {ADMIN_TOKEN_HEADER} header (the sandbox "
+                         f"printed it at start: {ADMIN_TOKEN_ENV}=...)"), None
+        return None
+
+    def _admin(self, name: str) -> None:
+        self._entry = {"path": "/_sandbox/" + name}
+        refusal = self._admin_refusal()
+        if refusal is not None:
+            status, message, headers = refusal
+            self._drain_body()
+            self._json(status, {"error": "method_not_allowed" if status == 405 else "forbidden", "message": message},
+                       headers)
             return
+        body = self._read_body()
         if name not in self._ADMIN_METHODS:
             self._json(404, {"error": "unknown_admin_method", "message": f"no sandbox admin method {name!r}"})
             return
