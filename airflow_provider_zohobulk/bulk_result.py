@@ -6,8 +6,9 @@ these batches, so the layout is decided once, here.
 
 Zoho's result CSV holds the first three mapped columns of the upload (under their original headers)
 and then ``RECORD_ID``, ``STATUS`` and ``ERRORS``; column order is not guaranteed, so columns are
-found by name, in any case. Everything is vectorised with pyarrow compute; the only Python-level
-work per batch is parsing each *distinct* ``ERRORS`` text once (most rows share a handful).
+found by name, in any case (:func:`zoho_columns` says what happens when a mapped column has the same
+name). Everything is vectorised with pyarrow compute; the only Python-level work per batch is
+parsing each *distinct* ``ERRORS`` text once (most rows share a handful).
 
 The ``ERRORS`` grammar (``MANDATORY_NOT_FOUND-Company,Last_Name:DUPLICATE_DATA-Email``) is
 ambiguous when headers contain the separators; :func:`parse_errors` documents how it decides.
@@ -23,14 +24,14 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_zohobulk.arrow_values import int_array, int_scalar, null_scalar, string_array, string_scalar
 from airflow_provider_zohobulk.errors import ArchiveError, CsvFormatError, ResultLayoutError, ZohoBulkError
-from airflow_provider_zohobulk.stream.decode import iter_csv_batches
+from airflow_provider_zohobulk.stream.decode import iter_csv_batches, unique_column_names, written_header
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits, iter_csv_members
 
 __all__ = [
@@ -138,24 +139,67 @@ def normalise_status(value: str | None) -> str | None:
     return value or None
 
 
-def find_column(names: Sequence[str], wanted: str) -> int | None:
-    """Index of the column whose header is ``wanted`` in any case, ignoring a BOM and whitespace.
+#: How many column names an error message lists before it says how many more there are.
+NAMES_SHOWN = 30
 
-    If several match (a mapped column ``Status`` next to Zoho's ``STATUS``), Zoho's exact
-    upper-case spelling wins; failing that, the last one (Zoho appends its columns after the
-    mapped ones). A mapped column spelt exactly ``STATUS`` makes the decoder rename Zoho's later one
-    to ``STATUS_2`` (:func:`~airflow_provider_zohobulk.stream.decode.unique_column_names`); that
-    renamed column, coming last, is Zoho's.
+
+class CanonicalLayout(NamedTuple):
+    """Where a decoded batch's columns go in the canonical row."""
+
+    record_id_at: int | None
+    status_at: int
+    errors_at: int | None
+    source_at: tuple[int, ...]
+    source_names: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def canonical_layout(header: tuple[str, ...], file_name: str) -> CanonicalLayout:
+    """Zoho's columns (:func:`zoho_columns`) and the mapped ones, whose ``source`` keys are their
+    written names made unique among themselves (a mapped ``STATUS`` stays ``STATUS``). Cached: every
+    batch of a member has the same header."""
+    record_id_at, status_at, errors_at = zoho_columns(header, file_name)
+    source_at = tuple(i for i in range(len(header)) if i not in {record_id_at, status_at, errors_at})
+    source_names = tuple(unique_column_names([header[i] for i in source_at]))
+    return CanonicalLayout(record_id_at, status_at, errors_at, source_at, source_names)
+
+
+def zoho_columns(header: Sequence[str], file_name: str) -> tuple[int | None, int, int | None]:
+    """Positions of Zoho's ``RECORD_ID``, ``STATUS`` and ``ERRORS`` in ``header`` (the names as the CSV
+    wrote them), matched in any case, ignoring a BOM and whitespace.
+
+    When each name appears at most once, it is found wherever it is (RECORD_ID and ERRORS may be
+    missing). When a mapped column shares one of the names (``STATUS``, ``Status``), Zoho's three are
+    the adjacent ``RECORD_ID, STATUS, ERRORS`` at the end of the header (Zoho's documented layout) or
+    at its start (the columns-first variant); with no such group, or one at both ends, nothing tells
+    Zoho's columns from the mapped ones and the file is refused (:class:`ResultLayoutError`) rather
+    than loaded with a mapped value as the STATUS.
     """
-    plain = [name.lstrip("\ufeff").strip() for name in names]
-    matches = [i for i, name in enumerate(plain) if name.upper() == wanted]
-    if not matches:
-        return None
-    exact = [i for i in matches if plain[i] == wanted]
-    renamed = [i for i, name in enumerate(plain) if re.fullmatch(rf"{re.escape(wanted)}_\d+", name)]
-    if exact and renamed and renamed[-1] > exact[-1]:
-        return renamed[-1]
-    return (exact or matches)[-1]
+    plain = [name.lstrip("\ufeff").strip().upper() for name in header]
+    wanted = [RECORD_ID, STATUS, ERRORS]
+    found = {name: [i for i, seen in enumerate(plain) if seen == name] for name in wanted}
+    if not found[STATUS]:
+        raise ResultLayoutError(
+            f"the CSV has no STATUS column, so it is not a Bulk Write result; its columns are {shown(header)}",
+            file_name=file_name)
+    if all(len(found[name]) <= 1 for name in wanted):
+        record_id_at, errors_at = (found[name][0] if found[name] else None for name in (RECORD_ID, ERRORS))
+        return record_id_at, found[STATUS][0], errors_at
+    groups = [start for start in sorted({0, len(plain) - 3}) if start >= 0 and plain[start:start + 3] == wanted]
+    if len(groups) != 1:
+        raise ResultLayoutError(
+            "a mapped column shares a name with Zoho's RECORD_ID, STATUS or ERRORS, and "
+            f"{'both ends of the header hold' if groups else 'neither end of the header holds'} "
+            "RECORD_ID, STATUS, ERRORS side by side, so this cannot tell Zoho's RECORD_ID, STATUS, ERRORS "
+            f"from the mapped ones; its columns are {shown(header)}", file_name=file_name)
+    return groups[0], groups[0] + 1, groups[0] + 2
+
+
+def shown(names: Sequence[str]) -> str:
+    """``names`` for an error message: all of them, or the first :data:`NAMES_SHOWN` and a count."""
+    if len(names) <= NAMES_SHOWN:
+        return str(list(names))
+    return f"{list(names[:NAMES_SHOWN])} and {len(names) - NAMES_SHOWN} more"
 
 
 def sequence(length: int, start: int = 0) -> pa.Array:
@@ -212,16 +256,11 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
     """One decoded CSV batch -> the canonical layout (:data:`CANONICAL_SCHEMA`).
 
     ``STATUS`` is required (without it the file is not a Bulk Write result); a missing
-    ``RECORD_ID`` or ``ERRORS`` column is tolerated as nulls / empty lists.
+    ``RECORD_ID`` or ``ERRORS`` column is tolerated as nulls / empty lists. Which columns are Zoho's
+    is decided on the header as written (:func:`canonical_layout`).
     """
-    names = batch.schema.names
-    status_at = find_column(names, STATUS)
-    if status_at is None:
-        raise ResultLayoutError(
-            f"the CSV has no STATUS column, so it is not a Bulk Write result; its columns are {list(names)}",
-            file_name=file_name)
-    record_id_at = find_column(names, RECORD_ID)
-    errors_at = find_column(names, ERRORS)
+    record_id_at, status_at, errors_at, source_at, source_names = canonical_layout(
+        tuple(written_header(batch.schema)), file_name)
     num_rows = batch.num_rows
     nulls = pa.nulls(num_rows, pa.string())
 
@@ -229,8 +268,6 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
     status = pc.if_else(pc.equal(status, string_scalar("")), null_scalar(pa.string()), status)
     errors_raw = batch.column(errors_at).cast(pa.string()) if errors_at is not None else nulls
     record_id = batch.column(record_id_at).cast(pa.string()) if record_id_at is not None else nulls
-    taken = {status_at, record_id_at, errors_at}
-    source_at = [i for i in range(len(names)) if i not in taken]
 
     return pa.RecordBatch.from_arrays(
         [
@@ -241,7 +278,7 @@ def to_canonical(batch: pa.RecordBatch, *, job_id: str, file_name: str, first_ro
             status,
             parsed_errors_column(errors_raw),
             errors_raw,
-            source_map([batch.column(i) for i in source_at], [names[i] for i in source_at], num_rows),
+            source_map([batch.column(i) for i in source_at], source_names, num_rows),
         ],
         schema=CANONICAL_SCHEMA,
     )
@@ -288,16 +325,18 @@ def read_bulk_write_result(
     each a couple of items ahead of the next (:func:`readahead`): zlib, pyarrow's parser and its
     compute kernels release the GIL, so a second core is used and memory stays bounded.
     """
+    limits = limits or UnzipLimits()
     try:
-        for member in iter_csv_members(chunks, limits=limits or UnzipLimits(), on_skip=on_skip):
-            yield from canonical_member_batches(member.name, member.chunks, job_id=job_id, block_size=block_size)
+        for member in iter_csv_members(chunks, limits=limits, on_skip=on_skip):
+            yield from canonical_member_batches(member.name, member.chunks, job_id=job_id, block_size=block_size,
+                                                max_columns=limits.max_columns)
     except ZohoBulkError as exc:
         exc.with_context(job_id=job_id)
         raise
 
 
 def canonical_member_batches(
-    file_name: str, member_chunks: Iterator[bytes], *, job_id: str, block_size: int
+    file_name: str, member_chunks: Iterator[bytes], *, job_id: str, block_size: int, max_columns: int
 ) -> Iterator[tuple[str, pa.RecordBatch]]:
     """One CSV member through decode and canonical layout, its stages overlapped in threads.
 
@@ -310,7 +349,8 @@ def canonical_member_batches(
 
     def canonical_batches() -> Iterator[pa.RecordBatch]:
         next_row = 1
-        for batch in iter_csv_batches(chunks_ahead, file_name=file_name, block_size=block_size):
+        for batch in iter_csv_batches(chunks_ahead, file_name=file_name, block_size=block_size,
+                                      max_columns=max_columns):
             yield to_canonical(batch, job_id=job_id, file_name=file_name, first_row_number=next_row)
             next_row += batch.num_rows
 

@@ -211,6 +211,11 @@ class CsvFormatError(ResultFileError):
     """The CSV inside is malformed: ragged row, bad quoting, invalid UTF-8, oversize field."""
 
 
+class ColumnLimitError(CsvFormatError):
+    """A row has more columns than ``UnzipLimits.max_columns``: far wider than any Zoho result (at most
+    200 mapped columns plus Zoho's three), and decoding costs memory in proportion to the columns."""
+
+
 class ResultLayoutError(ResultFileError):
     """The CSV is well-formed but is not a Bulk Write result (for example no STATUS column)."""
 

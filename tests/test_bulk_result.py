@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
+import urllib.parse
+import urllib.request
+import zipfile
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -29,6 +35,7 @@ from airflow_provider_zohobulk.errors import (
     TruncatedArchiveError,
     ZohoBulkError,
 )
+from airflow_provider_zohobulk.sandbox.results import sample_leads_csv
 from airflow_provider_zohobulk.stream.decode import iter_csv_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
 from tests.fixtures.zips import (
@@ -123,14 +130,87 @@ def test_zoho_status_wins_over_a_mapped_status_column():
 
 
 def test_zoho_columns_win_over_mapped_columns_of_the_very_same_name():
-    """Mapped headers spelt exactly STATUS and RECORD_ID: the decoder renames Zoho's later columns
-    (STATUS_2, RECORD_ID_2), which are still the ones the canonical row takes."""
+    """Mapped headers spelt exactly STATUS and RECORD_ID: Zoho's are the adjacent RECORD_ID, STATUS,
+    ERRORS at the end, and the mapped ones keep their names in ``source``."""
     csv = (b"Last_Name,STATUS,RECORD_ID,RECORD_ID,STATUS,ERRORS\r\n"
            b"Doe,Active,legacy-7,4150868000000001,added,\r\n")
     [batch] = list(iter_csv_batches([csv], file_name="Leads.csv"))
     row = to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1).to_pylist()[0]
     assert (row["status"], row["record_id"]) == ("ADDED", "4150868000000001")
     assert row["source"] == [("Last_Name", "Doe"), ("STATUS", "Active"), ("RECORD_ID", "legacy-7")]
+
+
+@pytest.mark.parametrize(
+    ("header", "zoho_at", "source_names"),
+    [
+        ("RECORD_ID,STATUS,ERRORS,Last_Name,STATUS", 0, ["Last_Name", "STATUS"]),
+        ("Last_Name,STATUS,RECORD_ID,STATUS,ERRORS", 2, ["Last_Name", "STATUS"]),
+        ("record_id,Status,errors,ERRORS,Status", 0, ["ERRORS", "Status"]),
+        ("STATUS,ERRORS,RECORD_ID,RECORD_ID,STATUS,ERRORS", 3, ["STATUS", "ERRORS", "RECORD_ID"]),
+        ("RECORD_ID,STATUS,ERRORS,STATUS,STATUS", 0, ["STATUS", "STATUS_2"]),
+    ],
+    ids=["zoho-first", "zoho-last", "any-case-zoho-first", "zoho-last-three-namesakes", "two-namesakes"],
+)
+def test_zoho_columns_are_the_adjacent_triple_and_namesakes_keep_their_names(header, zoho_at, source_names):
+    """Security issue #10: with Zoho's columns first, the mapped STATUS (renamed STATUS_2 by the
+    decoder, coming last) was taken for Zoho's, and Zoho's went into ``source``."""
+    names = header.split(",")
+    values = [f"mapped-{n}" for n in range(len(names))]
+    values[zoho_at:zoho_at + 3] = ["4150868000000001", "added", "INVALID_DATA-Email"]
+    [batch] = list(iter_csv_batches([f"{header}\r\n{','.join(values)}\r\n".encode()], file_name="Leads.csv"))
+    row = to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1).to_pylist()[0]
+    assert (row["record_id"], row["status"], row["errors_raw"]) == ("4150868000000001", "ADDED", "INVALID_DATA-Email")
+    source_at = [n for n in range(len(names)) if not zoho_at <= n < zoho_at + 3]
+    assert row["source"] == [(name, f"mapped-{n}") for name, n in zip(source_names, source_at, strict=True)]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["RECORD_ID,STATUS,ERRORS,RECORD_ID,STATUS,ERRORS", "STATUS,Last_Name,STATUS,RECORD_ID,ERRORS",
+     "Status,STATUS", "RECORD_ID,ERRORS,STATUS,Email,STATUS"],
+    ids=["two-triples", "no-triple", "no-triple-short", "triple-out-of-order"],
+)
+def test_namesakes_without_one_adjacent_triple_are_refused_as_ambiguous(header):
+    csv = f"{header}\r\n{','.join('x' * len(header.split(',')))}\r\n".encode()
+    archive = zip_with_zipfile({"Leads.csv": csv})
+    with pytest.raises(ResultLayoutError, match="cannot tell Zoho's RECORD_ID, STATUS, ERRORS") as caught:
+        run(archive)
+    assert (caught.value.job_id, caught.value.file_name) == ("4150868000005350003", "Leads.csv")
+
+
+def sandbox_result_zip(sandbox, csv_bytes: bytes) -> tuple[str, bytes]:
+    """A job's result zip from the sandbox, over HTTP as Zoho serves it (token minted, then download)."""
+    job_id = sandbox.create_job_from_csv(csv_bytes)
+    form = urllib.parse.urlencode({"grant_type": "refresh_token", "client_id": sandbox.client_id,
+                                   "client_secret": sandbox.client_secret, "refresh_token": sandbox.refresh_token})
+    with urllib.request.urlopen(f"{sandbox.url}/oauth/v2/token", data=form.encode(), timeout=30) as answer:
+        token = json.load(answer)["access_token"]
+    download = urllib.request.Request(sandbox.job_details(job_id)["result"]["download_url"],
+                                      headers={"Authorization": f"Zoho-oauthtoken {token}"})
+    with urllib.request.urlopen(download, timeout=30) as answer:
+        return job_id, answer.read()
+
+
+@pytest.mark.parametrize("zoho_columns_first", [False, True], ids=["zoho-last", "zoho-first"])
+def test_sandbox_result_with_a_mapped_status_column_loads_zohos_status(zoho_sandbox, zoho_columns_first):
+    """The upload has its own STATUS column among the three Zoho echoes back, in both layouts."""
+    upload = sample_leads_csv(60, status_column=True)
+    zoho_sandbox.configure(seeded_failure_share=0, result_zoho_columns_first=zoho_columns_first)
+    job_id, archive = sandbox_result_zip(zoho_sandbox, upload)
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        header = opened.read(opened.namelist()[0]).split(b"\r\n", 1)[0]
+    assert header == (b"RECORD_ID,STATUS,ERRORS,Last_Name,STATUS,Email" if zoho_columns_first
+                      else b"Last_Name,STATUS,Email,RECORD_ID,STATUS,ERRORS")
+    rows = [row for _, batch in read_bulk_write_result([archive], job_id=job_id) for row in batch.to_pylist()]
+    uploaded = [row for row in csv_module.reader(io.StringIO(upload.decode(), newline="")) if row][1:]
+    assert [row["source"] for row in rows] == [
+        [("Last_Name", last or None), ("STATUS", status or None), ("Email", email or None)]
+        for last, status, email, *_ in uploaded]
+    counts = zoho_sandbox.job_details(job_id)["resource"][0]["file"]
+    assert Counter(row["status"] for row in rows) == {"ADDED": counts["added_count"],
+                                                       "SKIPPED": counts["skipped_count"]}
+    assert counts["skipped_count"] > 0 and counts["added_count"] > 0
+    assert all(row["record_id"].isdigit() for row in rows if row["status"] == "ADDED")
 
 
 def test_missing_status_column_is_a_layout_error_naming_file_and_columns():

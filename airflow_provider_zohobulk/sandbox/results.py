@@ -219,16 +219,28 @@ def zip_members(members: Sequence[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def sample_leads_csv(rows: int = 1000, *, seed: int = 0) -> bytes:
+#: Values of the upload's own STATUS column (``sample_leads_csv(status_column=True)``).
+LEAD_STATUSES = ("Contacted", "Not Contacted", "Qualified", "")
+
+
+def sample_leads_csv(rows: int = 1000, *, seed: int = 0, status_column: bool = False) -> bytes:
     """Leads as a person would upload them, with the flaws that make Zoho skip rows.
 
     Some rows lack Last_Name or Company, some repeat an e-mail (and a few do both, which yields
     multi-code ERRORS), and some values need quoting: commas, double quotes, line breaks, non-ASCII.
+
+    ``status_column=True`` adds the upload's own ``STATUS`` column (a lead status, as an export from
+    another system has it) second, so it is among the three mapped columns the result echoes: the
+    result then has two columns named STATUS, in either layout (``ResultLayout.zoho_columns_first``),
+    and a client must take Zoho's. The other columns and values are the same as without it.
     """
     rng = random.Random(seed)
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["Last_Name", "Email", "Company", "First_Name", "Phone", "Lead_Source"])
+    header = ["Last_Name", "Email", "Company", "First_Name", "Phone", "Lead_Source"]
+    if status_column:
+        header.insert(1, "STATUS")
+    writer.writerow(header)
     companies = ["Acme, Inc.", "Zürich Consulting", 'The "Best" Co', "Northwind\nTraders", "Globex", "Initech"]
     sources = ["Web", "Cold Call", "Trade Show", "Partner"]
     for i in range(rows):
@@ -237,5 +249,8 @@ def sample_leads_csv(rows: int = 1000, *, seed: int = 0) -> bytes:
         email = f"lead{i - 11}@example.com" if i % 41 == 11 and i >= 11 else f"lead{i}@example.com"
         if i % 97 == 50:  # both mandatory columns empty and a duplicate e-mail: a multi-code ERRORS value
             last, company, email = "", "", "lead0@example.com"
-        writer.writerow([last, email, company, f"First {i}", f"+1-555-{i % 10000:04d}", rng.choice(sources)])
+        row = [last, email, company, f"First {i}", f"+1-555-{i % 10000:04d}", rng.choice(sources)]
+        if status_column:
+            row.insert(1, LEAD_STATUSES[i % len(LEAD_STATUSES)])
+        writer.writerow(row)
     return out.getvalue().encode("utf-8")
