@@ -66,6 +66,11 @@ class ZohoConfigurationError(ZohoBulkError):
     """The connection or operator arguments are incomplete or contradictory."""
 
 
+class UnsafeTokenCacheError(ZohoConfigurationError):
+    """The token cache's fallback folder in the shared temporary directory is not private to this user
+    (a link, another user's, or writable by others), so tokens cached there could be planted or swapped."""
+
+
 # --- OAuth ----------------------------------------------------------------------------------------
 
 

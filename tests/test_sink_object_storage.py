@@ -19,7 +19,7 @@ import pytest
 from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
-from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink, member_stem
+from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink, local_path, member_stem
 from tests.helpers import (
     JOB,
     MEMBER,
@@ -247,6 +247,54 @@ def test_member_names_that_a_uri_would_decode_stay_inside_the_destination(tmp_pa
     assert sorted(os.listdir(out)) == [".._2F.._2Fescaped.jsonl", "Leads_1_.jsonl"]
     assert sorted(os.listdir(tmp_path)) == ["a"] and os.listdir(tmp_path / "a") == ["b"]
     assert read_jsonl(out / "Leads_1_.jsonl") == expected_rows(batches_of(rows[2:4], "Leads#1?.csv"))
+
+
+@pytest.fixture
+def home_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """An empty $HOME and an empty working directory, both inside tmp_path."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    return home, work
+
+
+@pytest.mark.parametrize("member", ["~.csv", "dir/~.csv", "~other.CSV"])
+def test_a_member_named_like_a_home_directory_is_refused_and_home_left_alone(
+        home_and_cwd: tuple[Path, Path], rows: list[dict], member: str) -> None:
+    """``{file}`` used to be substituted before ``~`` was expanded: ``~.csv`` with ``{file}/out.csv``
+    wrote ``$HOME/out.csv``."""
+    home, work = home_and_cwd
+    with pytest.raises(SinkError, match=r"starts with '~'") as caught:
+        load_batches(ObjectStorageSink("{file}/out.jsonl"), JOB, batches_of(rows[:2], member))
+    assert caught.value.file_name == member and caught.value.job_id == JOB
+    assert list(home.iterdir()) == [] and list(work.iterdir()) == []
+
+
+def test_the_user_s_tilde_is_expanded_before_the_member_name_goes_in(
+        home_and_cwd: tuple[Path, Path], rows: list[dict]) -> None:
+    home, work = home_and_cwd
+    leads = batches_of(rows[:2], "Leads.csv")
+    assert load_batches(ObjectStorageSink("~/zoho/{file}.jsonl"), JOB, leads) == ["~/zoho/Leads.jsonl"]
+    assert read_jsonl(home / "zoho" / "Leads.jsonl") == expected_rows(leads)
+    assert local_path("{file}/out.csv", "~root") == str(work / "~root" / "out.csv")  # a name, not a home
+    assert local_path("~/{file}.csv", "~") == str(home / "~.csv")
+    assert local_path(f"file://{work}/%7E/{{file}}.csv", "%7E") == str(work / "~" / "%7E.csv")
+
+
+@pytest.mark.parametrize("member", [
+    "../../escaped.csv", "..\\..\\escaped.csv", "/tmp/escaped.csv", "C:\\escaped.csv", "...csv", "..csv", ".csv",
+])
+@pytest.mark.parametrize("template", ["{out}/{{file}}.jsonl", "file://{out}/{{file}}.jsonl"])
+def test_path_tricks_in_member_names_stay_inside_the_destination(
+        home_and_cwd: tuple[Path, Path], rows: list[dict], member: str, template: str) -> None:
+    home, work = home_and_cwd
+    out = work / "a" / "out"
+    load_batches(ObjectStorageSink(template.format(out=out)), JOB, batches_of(rows[:2], member))
+    written = [path for path in home.parent.rglob("*") if path.is_file()]
+    assert len(written) == 1 and written[0].parent == out
+    assert written[0].name in ("escaped.jsonl", "result.jsonl")
 
 
 def test_asset_uris_are_accepted_by_airflow(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 
 import pytest
@@ -15,6 +16,8 @@ from airflow_provider_zohobulk.errors import (
     TruncatedArchiveError,
 )
 from airflow_provider_zohobulk.stream.unzip import (
+    TAIL_BYTES,
+    ZIP64_END_RECORD_BYTES,
     ArchiveMeter,
     UnzipLimits,
     iter_csv_members,
@@ -282,7 +285,7 @@ def test_genuine_result_passes_default_limits_lazily():
 # --- the central directory, a second copy of every name and size ------------------------------------
 
 
-def directory_of(archive: bytes) -> list[tuple[bytes, int]] | None:
+def directory_of(archive: bytes) -> list[tuple[bytes, int]]:
     meter = ArchiveMeter(UnzipLimits())
     for _ in meter.count_input([archive]):
         pass
@@ -325,3 +328,137 @@ def test_a_size_or_a_member_count_that_disagrees_with_the_directory_is_an_error(
     two = zip_with_zipfile({"Leads.csv": CSV, "Deals.csv": CSV})
     with pytest.raises(CorruptArchiveError, match="central directory"):
         list(iter_members([two[:two.rindex(b"PK\x01\x02")] + two[two.rindex(b"PK\x05\x06"):]]))
+
+
+# --- where the central directory ends: the end record's size and offset must meet it ------------------
+
+BIG = bytes(range(256)) * 3000  # 768 KB stored: more than the tail the reader keeps, so the directory's offset
+# in the archive is past the first byte of that tail
+
+
+def end_record_of(archive: bytes | bytearray) -> int:
+    return bytes(archive).rindex(b"PK\x05\x06")
+
+
+def with_end_record(archive: bytes, *, size: int | None = None, offset: int | None = None,
+                    count: int | None = None) -> bytes:
+    """The archive with its end record's directory count, size or offset replaced."""
+    patched, at = bytearray(archive), end_record_of(archive)
+    for value, field, width in ((count, 10, 2), (count, 8, 2), (size, 12, 4), (offset, 16, 4)):
+        if value is not None:
+            patched[at + field:at + field + width] = value.to_bytes(width, "little")
+    return bytes(patched)
+
+
+def with_zip64_record(archive: bytes, *, size: int | None = None, offset: int | None = None) -> bytes:
+    """The archive with its zip64 end record's directory size or offset replaced."""
+    patched, at = bytearray(archive), archive.rindex(b"PK\x06\x06")
+    for value, field in ((size, 40), (offset, 48)):
+        if value is not None:
+            patched[at + field:at + field + 8] = value.to_bytes(8, "little")
+    return bytes(patched)
+
+
+def directory_span(archive: bytes) -> tuple[int, int]:
+    """(offset, size) of the central directory, read from the archive itself."""
+    offset = archive.index(b"PK\x01\x02")
+    end = archive.rindex(b"PK\x06\x06") if b"PK\x06\x07" in archive[-100:] else end_record_of(archive)
+    return offset, end - offset
+
+
+def test_a_directory_size_damaged_beyond_the_cap_no_longer_hides_a_renamed_csv():
+    """The directory used to be left unchecked when the end record claimed one over the size cap: one
+    damaged size field, and a CSV whose header name was also damaged was skipped without a word."""
+    archive = zip_with_zipfile({"Leads.csv": CSV, "Deals.csv": CSV[:200]})
+    damaged = with_end_record(archive.replace(b"Leads.csv", b"Leads.csw", 1), size=0x7FFFFFF0)
+    skipped: list[str] = []
+    with pytest.raises(CorruptArchiveError, match=r"central directory .* does not end where its end record starts"):
+        for member in iter_csv_members(chunked(damaged, 500), on_skip=lambda name, size: skipped.append(name)):
+            for _ in member.chunks:
+                pass
+    assert skipped == ["Leads.csw"]  # the error came after it, instead of a load without Leads.csv
+
+
+def damaged_layouts() -> dict[str, bytes]:
+    small, big = zip_with_zipfile(MEMBERS), zip_with_zipfile({**MEMBERS, "big.bin": BIG}, compression="stored")
+    small64 = zip_with_stream_zip(MEMBERS, zip64=True)
+    big64 = zip_with_stream_zip({**MEMBERS, "big.bin": BIG}, compression="stored", zip64=True)
+    return {
+        "size-over-cap": with_end_record(small, size=0x7FFFFFF0),
+        "size-one-too-many": with_end_record(small, size=directory_span(small)[1] + 1),
+        "size-one-too-few": with_end_record(small, size=directory_span(small)[1] - 1),
+        "offset-before-the-kept-tail": with_end_record(big, offset=0),
+        "zip64-size-over-cap": with_zip64_record(small64, size=1 << 40),
+        "zip64-size-one-too-many": with_zip64_record(small64, size=directory_span(small64)[1] + 1),
+        "zip64-offset-before-the-kept-tail": with_zip64_record(big64, offset=0),
+    }
+
+
+@pytest.mark.parametrize("name", list(damaged_layouts()))
+def test_a_directory_that_does_not_meet_its_end_record_is_corrupt(name):
+    damaged = damaged_layouts()[name]
+    with pytest.raises(CorruptArchiveError, match="does not end where its end record starts"):
+        list(iter_csv_members(chunked(damaged, 4096)))
+
+
+def test_a_zip64_locator_pointing_before_the_kept_tail_is_corrupt():
+    archive = bytearray(zip_with_stream_zip({**MEMBERS, "big.bin": BIG}, compression="stored", zip64=True))
+    locator = bytes(archive).rindex(b"PK\x06\x07")
+    archive[locator + 8:locator + 16] = (0).to_bytes(8, "little")
+    with pytest.raises(CorruptArchiveError, match="zip64 end record is not where its locator says"):
+        list(iter_csv_members(chunked(bytes(archive), 4096)))
+
+
+def test_a_directory_pushed_out_of_the_kept_tail_by_zip64_extensible_data_is_refused():
+    """The spec lets a zip64 end record carry extensible data; so much of it that the directory falls
+    out of the bytes kept is refused rather than left unchecked."""
+    members = {f"{'m' * 150}{number}.csv": b"a\n" for number in range(100)}
+    archive = zip_with_stream_zip(members, zip64=True)
+    record, locator = archive.rindex(b"PK\x06\x06"), archive.rindex(b"PK\x06\x07")
+    # The record starts 2000 bytes inside the kept tail; the ~20 KB directory before it does not fit.
+    extensible = b"\0" * (TAIL_BYTES - 2000 - (len(archive) - locator) - ZIP64_END_RECORD_BYTES)
+    grown = bytearray(archive[:locator] + extensible + archive[locator:])
+    grown[record + 4:record + 12] = (44 + len(extensible)).to_bytes(8, "little")
+    with pytest.raises(ArchiveLimitError, match="further back than the"):
+        list(iter_csv_members(chunked(bytes(grown), 4096)))
+
+
+def test_a_consistent_directory_over_the_cap_is_refused_not_skipped():
+    """A directory too large to keep and check (never seen from Zoho) is a limit, not a pass."""
+    archive = zip_with_zipfile({f"{'n' * 3000}{number}.csv": b"a\n" for number in range(200)}, compression="stored")
+    assert directory_span(archive)[1] > 512 * 1024
+    with pytest.raises(ArchiveLimitError, match=r"central directory is \d+ bytes, over the 524288"):
+        list(iter_csv_members(chunked(archive, 65536)))
+
+
+def zip64_records_without_markers(archive: bytes) -> bytes:
+    """A zip64 archive whose plain end record carries the real count, size and offset (no 0xFFFF
+    markers): some writers add the zip64 records whether or not they are needed."""
+    offset, size = directory_span(archive)
+    return with_end_record(archive, count=3, size=size, offset=offset)
+
+
+def with_comment(archive: bytes, comment: bytes) -> bytes:
+    at = end_record_of(archive)
+    return archive[:at + 20] + len(comment).to_bytes(2, "little") + comment
+
+
+@pytest.mark.parametrize("build", [
+    lambda: with_comment(zip_with_zipfile(MEMBERS), b"c" * 65535),
+    lambda: with_comment(zip_with_stream_zip(MEMBERS, zip64=True), b"a comment"),
+    lambda: zip_with_zipfile({**MEMBERS, "big.bin": BIG}, compression="stored", force_zip64=True),
+    lambda: zip_with_stream_zip({**MEMBERS, "big.bin": BIG}, zip64=True),
+    lambda: zip_with_stream_zip({**MEMBERS, "big.bin": BIG}, compression="stored", zip64=True),
+    lambda: zip64_records_without_markers(zip_with_stream_zip(MEMBERS, zip64=True)),
+    lambda: zip_with_zipfile({f"member-{number:04}.csv": b"a,b\n1,2\n" for number in range(1000)}),
+], ids=["max-comment", "zip64-comment", "zipfile-zip64-big", "data-descriptors-big", "stored-zip64-big",
+        "zip64-records-without-markers", "1000-members"])
+def test_valid_archives_still_pass_the_directory_check(build):
+    archive = build()
+    assert zipfile.ZipFile(io.BytesIO(archive)).testzip() is None
+    expected = {info.filename: zipfile.ZipFile(io.BytesIO(archive)).read(info) for info in
+                zipfile.ZipFile(io.BytesIO(archive)).infolist()}
+    for chunk_size in (1, 4096, 1 << 20) if len(archive) < 200_000 else (4096, 1 << 20):
+        if chunk_size == 1 and len(archive) > 20_000:
+            continue
+        assert read_all(archive, chunk_size=chunk_size) == expected

@@ -6,7 +6,9 @@ its own token is the known failure mode of Zoho clients. So tokens are minted un
 
 1. in process memory (threads of one task, the triggerer's event loop);
 2. in a file per refresh token under a 0700 directory, written atomically, with minting serialised
-   by a file lock: N processes on one machine mint exactly one token;
+   by a file lock: N processes on one machine mint exactly one token. The last-resort folder in the
+   shared temporary directory is used only when it is this user's own and private (see
+   :func:`refuse_unless_private`), since any user can create it first;
 3. optionally in an Airflow Variable (connection extra ``oauth_cache: "variable"``), encrypted at rest like any
    Variable, so a fleet of workers shares one token. Variables have no lock, so machines that miss
    at the same instant each mint one: at most one token per machine per hour, far below the throttle.
@@ -22,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -54,14 +57,46 @@ def cache_key(accounts_url: str, client_id: str, client_secret: str, refresh_tok
 
 
 def default_cache_dir() -> Path:
-    """``$ZOHOBULK_TOKEN_CACHE_DIR``, else ``$AIRFLOW_HOME/.zohobulk-tokens``, else a per-user tmp dir."""
+    """``$ZOHOBULK_TOKEN_CACHE_DIR``, else ``$AIRFLOW_HOME/.zohobulk-tokens``, else :func:`temp_cache_dir`."""
     explicit = os.environ.get("ZOHOBULK_TOKEN_CACHE_DIR")
     if explicit:
         return Path(explicit)
     airflow_home = os.environ.get("AIRFLOW_HOME")
     if airflow_home:
         return Path(airflow_home) / ".zohobulk-tokens"
+    return temp_cache_dir()
+
+
+def temp_cache_dir() -> Path:
+    """The last-resort folder, per user, in the temporary directory that every user can write."""
     return Path(tempfile.gettempdir()) / f"zohobulk-tokens-{os.getuid()}"
+
+
+def refuse_unless_private(directory: Path) -> None:
+    """Raise :class:`~airflow_provider_zohobulk.errors.UnsafeTokenCacheError` unless ``directory`` is a
+    real directory (not a link), owned by this user and not writable by its group or others.
+
+    Any user can create :func:`temp_cache_dir` before this one does: world-writable, or as a link to a
+    folder of theirs, and then plant or swap the tokens cached in it. Like ssh with ``~/.ssh``, such a
+    folder is refused rather than used; ``os.lstat`` so that a link is judged, not its target.
+    """
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by its group or by others (mode {stat.S_IMODE(info.st_mode):o})"
+    else:
+        return
+    from airflow_provider_zohobulk.errors import UnsafeTokenCacheError
+
+    raise UnsafeTokenCacheError(
+        f"the Zoho token cache folder {directory} {problem}, so another user could plant or swap the access "
+        "tokens cached there; remove it, or set ZOHOBULK_TOKEN_CACHE_DIR (or AIRFLOW_HOME) to a folder only "
+        "this user can write")
 
 
 class _SharedStore:
@@ -121,6 +156,8 @@ class TokenCache:
 
     def __init__(self, directory: Path | None = None, shared: _SharedStore | None = None) -> None:
         self.directory = directory or default_cache_dir()
+        #: The folder other users could have created first: checked before every use.
+        self._in_shared_temp = self.directory == temp_cache_dir()
         self.shared = shared
         self._memory: dict[str, CachedToken] = {}
         #: One lock per key: a mint waiting out Zoho's throttle for one connection must not hold up
@@ -132,13 +169,20 @@ class TokenCache:
         return self.directory / f"{key}.json"
 
     def _ensure_dir(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._in_shared_temp:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        with contextlib.suppress(FileExistsError):  # whatever is there already is judged next
+            self.directory.mkdir(mode=0o700)
+        refuse_unless_private(self.directory)
 
     def get(self, key: str) -> CachedToken | None:
         """A fresh token from memory, the file or the shared store, without taking the mint lock."""
         token = self._memory.get(key)
         if token and token.is_fresh():
             return token
+        if self._in_shared_temp:
+            self._ensure_dir()  # never read a token from a folder another user controls
         try:
             token = _decode(self._path(key).read_bytes())
         except OSError:

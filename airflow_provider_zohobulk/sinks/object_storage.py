@@ -104,18 +104,27 @@ class Destination:
     def per_file(self) -> bool:
         return FILE_PLACEHOLDER in self.uri
 
-    def target_for(self, member_name: str) -> str:
-        """The location for CSV member ``member_name``: ``{file}`` replaced by the member's stem."""
-        return self.uri.replace(FILE_PLACEHOLDER, member_stem(member_name))
+    def target_for(self, stem: str) -> str:
+        """The location named for a CSV member: ``{file}`` replaced by its :func:`member_stem`."""
+        return self.uri.replace(FILE_PLACEHOLDER, stem)
 
 
 def member_stem(member_name: str) -> str:
     """``Leads-Leads.csv`` -> ``Leads-Leads``; directories inside the zip are dropped, so a member
     name can never climb out of the destination (``../x.csv`` -> ``x``). Characters that a URI would
     decode or cut (``%``, ``#``, ``?``) and control characters become ``_``: in a ``file://`` URI,
-    ``..%2Fx`` would otherwise decode to a path one directory up."""
+    ``..%2Fx`` would otherwise decode to a path one directory up.
+
+    A stem starting with ``~`` is refused (:class:`SinkError`): a path starting with it names a home
+    directory. :func:`local_path` already puts the stem in only after expanding ``~``; this keeps
+    such a name out of every destination, local or remote, in case a path is ever built another way.
+    """
     base = PurePosixPath(member_name.replace("\\", "/")).name
     stem = base[: -len(".csv")] if base.lower().endswith(".csv") else base
+    if stem.startswith("~"):
+        raise SinkError(
+            f"the name of CSV file {member_name!r} starts with '~', which a local path reads as a home "
+            "directory; refusing to name a destination after it", file_name=member_name)
     stem = _URI_UNSAFE.sub("_", stem)
     return stem if stem not in ("", ".", "..") else "result"
 
@@ -174,14 +183,22 @@ def _scheme_of(uri: str) -> str:
     return match.group(1).lower() if match else ""
 
 
-def local_path(uri: str) -> str:
-    """The absolute local path of a plain path or ``file://`` URI."""
+def local_path(uri: str, file_stem: str | None = None) -> str:
+    """The absolute local path of a plain path or ``file://`` URI, ``{file}`` replaced by ``file_stem``
+    when one is given.
+
+    The stem goes in only after the user's URI has been expanded (``~``) and decoded (``%xx``), so
+    a member's name is only ever a name: ``~.csv`` with ``{file}/out.csv`` would otherwise be
+    ``$HOME/out.csv``, and ``%2e%2e`` in a ``file://`` URI would be ``..``.
+    """
     if _scheme_of(uri) == "file":
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise SinkConfigurationError(f"file URI {uri!r} names the host {parts.netloc!r}; only local files work")
-        return os.path.abspath(unquote(parts.path))
-    return os.path.abspath(os.path.expanduser(uri))
+        pieces = [unquote(piece) for piece in parts.path.split(FILE_PLACEHOLDER)]
+    else:
+        pieces = os.path.expanduser(uri).split(FILE_PLACEHOLDER)
+    return os.path.abspath((FILE_PLACEHOLDER if file_stem is None else file_stem).join(pieces))
 
 
 class ObjectStorageSink(StagedSink):
@@ -316,22 +333,27 @@ class _Load(StagedLoad):
                 f"the archive holds several CSV files ({first!r}, {file_name!r}) but {self.destination.uri!r} has no "
                 "{file} placeholder, so they would overwrite each other; put {file} in the URI",
                 job_id=self.job_id, file_name=file_name)
-        target = self.destination.target_for(file_name)
+        try:
+            stem = member_stem(file_name)
+        except SinkError as exc:
+            raise exc.with_context(job_id=self.job_id) from None
+        target = self.destination.target_for(stem)
         clash = next((member for member, obj in self.by_member.items() if obj.uri == target), None)
         if clash is not None:
             raise SinkConfigurationError(
                 f"CSV files {clash!r} and {file_name!r} would both be written to {target!r}",
                 job_id=self.job_id, file_name=file_name)
-        staged = self._open_object(target, file_name)
+        staged = self._open_object(target, file_name, stem)
         self.by_member[file_name] = staged
         return staged
 
-    def _open_object(self, target: str, file_name: str | None) -> _StagedObject:
+    def _open_object(self, target: str, file_name: str | None, stem: str | None = None) -> _StagedObject:
+        """Start writing ``target``: the destination URI with ``{file}`` replaced by ``stem``."""
         scope = contextlib.ExitStack()
         local = final_path = None
         try:
             if self.destination.is_local:
-                final_path = local_path(target)
+                final_path = local_path(self.destination.uri, stem)  # not from target: see local_path
                 directory, name = os.path.split(final_path)
                 # Not smart-open: it would only forward to the builtin open for a local path.
                 local = StagingFile(directory, name)

@@ -7,8 +7,9 @@ this module adds:
 * **limits**: it has no zip-bomb guard, so decompressed bytes, the compression ratio and the member
   count are counted here (:class:`UnzipLimits`);
 * **the central directory**: it reads the directory at the end without checking it; here the
-  archive must end with a whole end record, and the directory's names and sizes must match the
-  members read (a CRC covers a member's data, not the name in its header);
+  archive must end with a whole end record, the directory must end exactly where the end records
+  begin, and its names and sizes must match the members read (a CRC covers a member's data, not
+  the name in its header);
 * **errors a person can act on**: its exceptions are translated into the package's hierarchy
   (:mod:`airflow_provider_zohobulk.errors`), and a body that is not a zip at all (Zoho answers an
   expired link with a small JSON document, proxies answer with HTML) is described instead of being
@@ -51,11 +52,19 @@ EMPTY_ARCHIVE = b"PK\x05\x06"
 # The end-of-central-directory record: 22 bytes plus a comment of up to 65535 bytes.
 MAX_END_RECORD_BYTES = 22 + 0xFFFF
 # The central directory is kept (as the end of the input) up to this size to check it against the
-# members read: 1000 members (the default limit) with 100-byte names take ~150 KiB.
+# members read: 1000 members (the default limit) with 100-byte names take ~150 KiB. A larger one is
+# refused (ArchiveLimitError), never left unchecked.
 MAX_DIRECTORY_BYTES = 512 * 1024
 CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
 ZIP64_END_RECORD = b"PK\x06\x06"
 ZIP64_END_LOCATOR = b"PK\x06\x07"
+# A zip64 archive ends with: directory, zip64 end record (56 bytes without extensible data), its
+# locator (20 bytes), then the plain end record.
+ZIP64_END_RECORD_BYTES = 56
+ZIP64_END_LOCATOR_BYTES = 20
+# The input's last bytes kept to check the central directory: the largest directory checked, both
+# zip64 records and the largest end record.
+TAIL_BYTES = MAX_DIRECTORY_BYTES + ZIP64_END_RECORD_BYTES + ZIP64_END_LOCATOR_BYTES + MAX_END_RECORD_BYTES
 # Enough of a non-zip body to recognise it and to quote a short excerpt.
 SNIFF_BYTES = 512
 EXCERPT_CHARS = 160
@@ -75,12 +84,15 @@ class UnzipLimits:
     :param max_member_bytes: decompressed bytes of any one member.
     :param max_ratio: decompressed / compressed bytes so far, judged once 1 MiB has come out.
     :param max_members: number of members (directories included).
+    :param max_columns: fields in any CSV row, header or data (checked by the decoder): a Zoho result
+        has at most 203, and decoding costs memory in proportion to the columns.
     """
 
     max_total_bytes: int = 20 * GiB
     max_member_bytes: int = 10 * GiB
     max_ratio: float = 200.0
     max_members: int = 1000
+    max_columns: int = 4096
 
 
 class ZipMember:
@@ -184,12 +196,11 @@ class ArchiveMeter:
 
     def count_input(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """Count the compressed bytes and keep the last ones: the central directory and end record."""
-        keep = MAX_DIRECTORY_BYTES + MAX_END_RECORD_BYTES
         for chunk in chunks:
             self.compressed_in += len(chunk)
             self.tail_chunks.append(chunk)
             self.tail_bytes += len(chunk)
-            while self.tail_bytes - len(self.tail_chunks[0]) >= keep:
+            while self.tail_bytes - len(self.tail_chunks[0]) >= TAIL_BYTES:
                 self.tail_bytes -= len(self.tail_chunks.popleft())
             yield chunk
 
@@ -218,12 +229,10 @@ class ArchiveMeter:
 
         A member's CRC covers its data, not its local header: a damaged name (``A.csv`` read as
         ``A.csw``) would make a CSV look like another file, skipped, and the load would commit without
-        its rows. The central directory holds a second copy of every name and size. Skipped (with no
-        error) only when the directory is larger than :data:`MAX_DIRECTORY_BYTES`.
+        its rows. The central directory holds a second copy of every name and size. Never skipped:
+        a directory that cannot be located exactly, or is too large to keep, is an error.
         """
         entries = read_central_directory(tail, end_record, self.compressed_in - len(tail))
-        if entries is None:
-            return
         if len(entries) != len(self.read):
             raise CorruptArchiveError(
                 f"the archive's central directory lists {len(entries)} members but {len(self.read)} were read")
@@ -268,26 +277,51 @@ class ArchiveMeter:
                     f"compressed) exceeds max_ratio={limits.max_ratio:g}", file_name=name)
 
 
-def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> list[tuple[bytes, int]] | None:
-    """``(raw name, uncompressed size)`` of every central-directory entry, zip64 included, or None when
-    the directory does not lie wholly in ``tail`` (which starts at archive offset ``tail_offset``)."""
+def read_central_directory(tail: bytes, end_record: int, tail_offset: int) -> list[tuple[bytes, int]]:
+    """``(raw name, uncompressed size)`` of every central-directory entry, zip64 included.
+
+    ``tail`` holds the archive's last bytes from archive offset ``tail_offset`` and ``end_record`` is
+    where the end record starts in it. The directory's declared offset plus size must meet the end
+    records exactly (the zip64 end record when there is one, else the plain end record): a damaged
+    size or offset would otherwise send the check elsewhere, or nowhere, and a member whose header
+    name is damaged too would be skipped without a word. Raises :class:`CorruptArchiveError` when
+    they do not meet, and :class:`ArchiveLimitError` for a directory too large to keep and check.
+    """
     def number(at: int, size: int) -> int:
         return little_endian(tail, at, size)
 
     count, size, offset = number(end_record + 10, 2), number(end_record + 12, 4), number(end_record + 16, 4)
-    if count == 0xFFFF or 0xFFFFFFFF in (size, offset):
-        locator = end_record - 20
-        if locator < 0 or tail[locator:locator + 4] != ZIP64_END_LOCATOR:
+    directory_end = tail_offset + end_record
+    locator = end_record - ZIP64_END_LOCATOR_BYTES
+    has_locator = locator >= 0 and tail[locator:locator + 4] == ZIP64_END_LOCATOR
+    # Like zipfile, a locator right before the end record means zip64 even without 0xFFFF markers:
+    # some writers add the zip64 records whether or not they are needed.
+    if count == 0xFFFF or 0xFFFFFFFF in (size, offset) or has_locator:
+        if not has_locator:
             raise CorruptArchiveError("the archive's end record points to a zip64 record that is not there")
-        record = number(locator + 8, 8) - tail_offset
+        directory_end = number(locator + 8, 8)
+        record = directory_end - tail_offset
         if record < 0:
-            return None
-        if tail[record:record + 4] != ZIP64_END_RECORD:
+            from_end = tail_offset + len(tail) - directory_end
+            raise CorruptArchiveError(
+                f"the archive's zip64 end record is not where its locator says ({from_end} bytes before the "
+                f"archive's end, further back than the {TAIL_BYTES} bytes this reader keeps)")
+        if record + ZIP64_END_RECORD_BYTES > locator or tail[record:record + 4] != ZIP64_END_RECORD:
             raise CorruptArchiveError("the archive's zip64 end record is not where its locator says")
         count, size, offset = number(record + 32, 8), number(record + 40, 8), number(record + 48, 8)
+    if offset + size != directory_end:
+        raise CorruptArchiveError(
+            f"the archive's central directory ({size} bytes at offset {offset}, as its end record says) does "
+            f"not end where its end record starts (offset {directory_end}): the archive is damaged")
+    if size > MAX_DIRECTORY_BYTES:
+        raise ArchiveLimitError(
+            f"the archive's central directory is {size} bytes, over the {MAX_DIRECTORY_BYTES} this reader "
+            "keeps to check it against the members read")
     start = offset - tail_offset
-    if start < 0 or size > MAX_DIRECTORY_BYTES:
-        return None
+    if start < 0:  # only a zip64 end record with a large extensible-data block gets here
+        raise ArchiveLimitError(
+            f"the archive's central directory starts {tail_offset + len(tail) - offset} bytes before the "
+            f"archive's end, further back than the {TAIL_BYTES} bytes this reader keeps to check it")
     entries: list[tuple[bytes, int]] = []
     at = start
     for _ in range(count):
