@@ -8,9 +8,11 @@ reads job details through these functions so that the variants are handled in on
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
-from airflow_provider_zohobulk.errors import BulkJobFailedError
+from airflow_provider_zohobulk.errors import BulkJobFailedError, ZohoMalformedResponseError
 
 ADDED = "ADDED"
 QUEUED = "QUEUED"
@@ -38,8 +40,48 @@ def normalise_status(value: Any) -> str | None:
     return _SPELLINGS.get(key, text)
 
 
+_JSON_KINDS = {dict: "a JSON object", list: "a JSON list", str: "a JSON string", bool: "a JSON boolean",
+               int: "a JSON number", float: "a JSON number", type(None): "null"}
+
+
+def _json_kind(value: Any) -> str:
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    return f"{kind} ({value!r:.60})" if isinstance(value, str | int | float) and not isinstance(value, bool) else kind
+
+
+def _expect(value: Any, kinds: tuple[type, ...], where: str, expected: str) -> None:
+    """``value`` (at ``where`` in the job details) is one of ``kinds`` or absent, or the body is malformed."""
+    if value is not None and not isinstance(value, kinds):
+        raise ZohoMalformedResponseError(
+            f"expected {where} to be {expected} in the job's details, got {_json_kind(value)}")
+
+
+def check_job_shape(job: Any) -> None:
+    """Raise :class:`ZohoMalformedResponseError`, naming the field, unless ``job`` has the shape every
+    reader here relies on; so the readers never meet a string where a JSON object belongs."""
+    if not isinstance(job, dict):
+        raise ZohoMalformedResponseError(f"expected a JSON object with the job's details, got {_json_kind(job)}")
+    _expect(job.get("status"), (str,), "status", "a string")
+    _expect(job.get("resource"), (list,), "resource", "a JSON list")
+    for index, resource in enumerate(job.get("resource") or []):
+        where = f"resource[{index}]"
+        if not isinstance(resource, dict):
+            raise ZohoMalformedResponseError(
+                f"expected {where} to be a JSON object in the job's details, got {_json_kind(resource)}")
+        _expect(resource.get("status"), (str,), f"{where}.status", "a string")
+        _expect(resource.get("module"), (dict, str), f"{where}.module", "a JSON object or a string")
+        _expect(resource.get("file"), (dict,), f"{where}.file", "a JSON object")
+        _expect((resource.get("file") or {}).get("status"), (str,), f"{where}.file.status", "a string")
+    _expect(job.get("result"), (dict,), "result", "a JSON object")
+    _expect((job.get("result") or {}).get("download_url"), (str,), "result.download_url", "a string")
+
+
 def normalise_job(job: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the job details with every status (job, resources, files) normalised."""
+    """A copy of the job details with every status (job, resources, files) normalised.
+
+    Checks the shape first (:func:`check_job_shape`), since every caller reads the details through here.
+    """
+    check_job_shape(job)
     job = copy.deepcopy(job)
     if "status" in job:
         job["status"] = normalise_status(job["status"])
@@ -102,9 +144,15 @@ def expected_counts(job: dict[str, Any]) -> dict[str, int] | None:
 
 
 def job_id_from_download_url(url: str) -> str | None:
-    """Zoho's result URLs end in ``/bulk-write/<job_id>/<job_id>.zip``; the id names the rows loaded."""
-    import re
-    from urllib.parse import urlsplit
+    """Zoho's result URLs end in ``/bulk-write/<job_id>/<job_id>.zip``; the id names the rows loaded.
 
-    match = re.search(r"/bulk-write/(\d+)/[^/]*\.zip$", urlsplit(url).path)
+    ``None`` for anything else, including a URL ``urlsplit`` cannot read: the download itself then
+    says what is wrong with it."""
+    if not isinstance(url, str) or "\\" in url:
+        return None
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # "Invalid IPv6 URL"
+        return None
+    match = re.search(r"/bulk-write/(\d+)/[^/]*\.zip$", path)
     return match.group(1) if match else None

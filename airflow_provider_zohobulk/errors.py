@@ -139,6 +139,12 @@ class ZohoServerError(ZohoApiError):
     """HTTP 5xx / ``INTERNAL_ERROR`` still answered after the bounded retries."""
 
 
+class ZohoMalformedResponseError(ZohoApiError):
+    """Zoho answered without an error status but with a body the call cannot read (HTML, an empty
+    answer, a JSON list where an object belongs, a field of the wrong type); the message names what
+    was expected. Delivered intact, so asking again would get the same: not transient."""
+
+
 class ZohoConnectionError(ZohoBulkError):
     """The network failed (refused, reset, timed out) on every bounded retry."""
 
@@ -237,6 +243,8 @@ class SinkConfigurationError(SinkError):
 
 
 #: Failures a task that waits for a job outlives: they arrive after the hook's own bounded retries,
-#: and the next poll (the sensor's timeout bounds them all) may well succeed.
+#: and the next poll (the sensor's timeout bounds them all) may well succeed. A malformed answer is
+#: among them: Zoho's maintenance pages are HTML served with HTTP 200, and a wait of hours should not
+#: end on one.
 TRANSIENT_ERRORS: tuple[type[ZohoBulkError], ...] = (
-    ZohoServerError, ZohoRateLimitError, ZohoConnectionError, TokenThrottledError)
+    ZohoServerError, ZohoRateLimitError, ZohoConnectionError, TokenThrottledError, ZohoMalformedResponseError)

@@ -6,7 +6,7 @@ import pytest
 
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.datacenters import DATA_CENTER_CODES, resolve_endpoints
-from airflow_provider_zohobulk.errors import BulkJobFailedError, ZohoConfigurationError
+from airflow_provider_zohobulk.errors import BulkJobFailedError, ZohoConfigurationError, ZohoMalformedResponseError
 
 FINISHED = {
     "status": "COMPLETED", "id": "4150868000005350003", "operation": "insert",
@@ -61,6 +61,31 @@ def test_the_token_never_travels_over_plain_http_to_zoho():
     assert not local.may_receive_token("http://www.zohoapis.com/crm/bulk/v8/write/1")
 
 
+@pytest.mark.parametrize("url", [
+    "https://evil.example\\@www.zohoapis.com/crm/bulk/v8/write/1",  # urlsplit: zohoapis; requests: evil
+    "HTTPS://evil.example\\@www.zohoapis.com/x",
+    "https://evil.example%5C@www.zohoapis.com/x",
+    "https://evil.example%2F@www.zohoapis.com/x",
+    "https://evil.example\t@www.zohoapis.com/x",
+    "https://user@www.zohoapis.com/x",
+    "https://www.zohoapis.com:99999/x",
+    "https://www.zohoapis.com:0/x",
+    "https://[::1/www.zohoapis.com",
+    "https://www.zohoapis.com /x",
+    "https://www.zohoapis.com/x\n",
+])
+def test_the_token_decision_reads_the_host_requests_connects_to(url):
+    """A URL two parsers could read differently never receives the token, even if one reads Zoho."""
+    assert not resolve_endpoints("us").may_receive_token(url)
+
+
+def test_an_ambiguous_configured_url_is_a_configuration_error():
+    with pytest.raises(ZohoConfigurationError, match="backslash"):
+        resolve_endpoints("us", api_domain="https://evil.example\\@www.zohoapis.com")
+    with pytest.raises(ZohoConfigurationError, match="user information"):
+        resolve_endpoints("us", download_hosts="http://user@files.example")
+
+
 def test_overrides_and_extra_hosts():
     endpoints = resolve_endpoints("uk", api_domain="https://www.zohoapis.uk/", accounts_url="http://127.0.0.1:9/",
                                   download_hosts="files.example.zoho.uk, other.zoho.uk")
@@ -112,3 +137,26 @@ def test_failed_resource_is_raised_with_zoho_code():
         bulk_job.raise_if_failed(job, "77")
     assert info.value.code == "INVALID_DATA"
     assert "job 77" in str(info.value)
+
+
+@pytest.mark.parametrize(("details", "named"), [
+    ([{"status": "COMPLETED"}], "a JSON object with the job's details, got a JSON list"),
+    (None, "a JSON object with the job's details, got null"),
+    ({"status": "COMPLETED", "resource": [{"status": "FAILED", "file": "d.csv"}]},
+     r"resource\[0\]\.file to be a JSON object in the job's details, got a JSON string \('d.csv'\)"),
+    ({"status": "COMPLETED", "resource": "Leads"}, "resource to be a JSON list"),
+    ({"status": "COMPLETED", "resource": [7]}, r"resource\[0\] to be a JSON object.*got a JSON number \(7\)"),
+    ({"status": "COMPLETED", "resource": [{"file": {"status": 3}}]}, r"resource\[0\]\.file\.status to be a string"),
+    ({"status": "COMPLETED", "result": "https://x"}, "result to be a JSON object"),
+    ({"status": "COMPLETED", "result": {"download_url": ["https://x"]}}, "result.download_url to be a string"),
+])
+def test_job_details_of_the_wrong_shape_are_named(details, named):
+    """Every reader of job details goes through normalise_job, so none meets a string for an object."""
+    with pytest.raises(ZohoMalformedResponseError, match=named):
+        bulk_job.normalise_job(details)
+
+
+def test_job_details_with_optional_parts_missing_are_fine():
+    for details in ({}, {"status": "ADDED", "resource": None, "result": None},
+                    {"status": "COMPLETED", "resource": [{"module": "Leads", "file": None}]}):
+        assert bulk_job.normalise_job(details) == details

@@ -5,30 +5,47 @@ Design choices worth knowing:
 - Tokens come from :mod:`.token_cache`, so parallel tasks share one token instead of tripping Zoho's
   10-per-10-minutes throttle.
 - The token is a bearer credential. It is attached only to hosts of the connection's data centre
-  (see :mod:`airflow_provider_zohobulk.datacenters`); redirects are followed by hand so that a hop to
-  any other host goes without it.
-- Retries are bounded, logged and use exponential backoff with jitter. A download is retried only
-  before its first byte: once rows are flowing to a sink a retry could not be told apart from a
-  duplicate, so a failure mid-body is an error and the sink aborts.
+  (see :mod:`airflow_provider_zohobulk.datacenters`), and the host is read by the code that connects
+  (:func:`~airflow_provider_zohobulk.datacenters.request_target`), never by a second parser that could
+  disagree with it. Redirects are followed by hand so that every hop is checked the same way: a hop to
+  any other host goes without the token, and an ambiguous URL (backslash, ``user@``, control
+  characters, malformed IPv6, a port out of range, a scheme other than http(s)) is refused outright.
+- Retries are bounded, logged and use exponential backoff with jitter. Every transport failure (refused,
+  reset, timed out, a body cut short or undecodable) is retried and ends as :class:`ZohoConnectionError`,
+  one of ``errors.TRANSIENT_ERRORS``, so a waiting sensor polls through it. A body read whole (job
+  details) is read inside the retry loop; a download is retried only before its first byte: once rows
+  are flowing to a sink a retry could not be told apart from a duplicate, so a failure mid-body is an
+  error and the sink aborts.
+- A well-delivered body of the wrong kind (HTML, empty, a JSON list, a field of the wrong type) is not
+  a blip: it raises :class:`ZohoMalformedResponseError` naming what was expected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote
 
 import requests
+import urllib3
 from airflow.sdk import BaseHook
 
 from airflow_provider_zohobulk import bulk_job
-from airflow_provider_zohobulk.datacenters import ZohoEndpoints, resolve_endpoints
+from airflow_provider_zohobulk.datacenters import (
+    ZohoEndpoints,
+    redirect_target,
+    request_target,
+    resolve_endpoints,
+    safe_url,
+)
 from airflow_provider_zohobulk.errors import (
     DisallowedHostError,
     DownloadError,
@@ -39,8 +56,10 @@ from airflow_provider_zohobulk.errors import (
     TokenThrottledError,
     ZohoApiError,
     ZohoAuthError,
+    ZohoBulkError,
     ZohoConfigurationError,
     ZohoConnectionError,
+    ZohoMalformedResponseError,
     ZohoNotFoundError,
     ZohoRateLimitError,
     ZohoScopeError,
@@ -57,6 +76,21 @@ MAX_REDIRECTS = 5
 _MINT_LOCK_MARGIN_S = 120.0
 _TOKEN_REJECTED_CODES = {"INVALID_TOKEN", "AUTHENTICATION_FAILURE"}
 _SCOPE_HINT = "ZohoCRM.bulk.ALL (or ZohoCRM.bulk.READ / ZohoCRM.bulk.CREATE), ZohoCRM.modules.ALL"
+#: Everything the network can do to a request or a body on its way: transient by nature. requests wraps
+#: most of urllib3's and http.client's failures, but not every path does (a body read from ``raw``).
+#: Not urllib3's whole ``HTTPError``: it includes ``LocationValueError``, a malformed URL, never transient.
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.DecodeError,
+    urllib3.exceptions.TimeoutError,
+    http.client.IncompleteRead,
+)
+_FULL_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_JOB_DETAILS = "a JSON object with the job's details"
 
 
 def _mask(value: str | None) -> None:
@@ -68,12 +102,6 @@ def _mask(value: str | None) -> None:
     except ImportError:  # pragma: no cover - older task SDKs
         return
     mask_secret(value)
-
-
-def safe_url(url: str) -> str:
-    """The URL without query or fragment, for logs and messages (query strings can carry secrets)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 @dataclass(frozen=True)
@@ -92,10 +120,11 @@ class ZohoConnectionSettings:
 class Download:
     """An open result download: iterate it for byte chunks; ``bytes_read`` grows as you do."""
 
-    def __init__(self, response: requests.Response, url: str, chunk_size: int) -> None:
+    def __init__(self, response: requests.Response, url: str, chunk_size: int, job_id: str | None = None) -> None:
         self.url = url
         self.response = response
         self.chunk_size = chunk_size
+        self.job_id = job_id
         self.bytes_read = 0
         length = response.headers.get("Content-Length")
         self.content_length = int(length) if length and length.isdigit() else None
@@ -108,15 +137,20 @@ class Download:
                 if chunk:
                     self.bytes_read += len(chunk)
                     yield chunk
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        except requests.exceptions.ContentDecodingError:
+            encoding = self.response.headers.get("Content-Encoding")
+            raise DownloadError(
+                f"the body of {safe_url(self.url)} could not be decoded as its Content-Encoding {encoding!r} "
+                f"says, after {self.bytes_read} bytes", job_id=self.job_id) from None
+        except _TRANSPORT_ERRORS as exc:
             raise DownloadError(
                 f"the connection dropped after {self.bytes_read} bytes of {safe_url(self.url)} "
-                f"({type(exc).__name__})"
+                f"({type(exc).__name__})", job_id=self.job_id
             ) from None
         if self.content_length is not None and self.bytes_read < self.content_length:
             raise DownloadError(
                 f"the download of {safe_url(self.url)} ended after {self.bytes_read} of "
-                f"{self.content_length} bytes"
+                f"{self.content_length} bytes", job_id=self.job_id
             )
 
 
@@ -215,7 +249,7 @@ class ZohoCrmHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        session = requests.Session()
+        session = _HandRedirectSession()
         session.headers["User-Agent"] = "airflow-provider-zohobulk"
         return session
 
@@ -342,7 +376,7 @@ class ZohoCrmHook(BaseHook):
                 response, sent_token = self._send_following_redirects(
                     method, url, attach_token=attach_token, stream=stream, headers=headers, **kwargs
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _TRANSPORT_ERRORS as exc:  # a body read whole is read in here, so a cut one is retried too
                 if attempt >= self.retry_limit:
                     raise ZohoConnectionError(
                         f"Zoho {method} {safe_url(url)} failed after {attempt + 1} attempts: {type(exc).__name__}"
@@ -373,7 +407,9 @@ class ZohoCrmHook(BaseHook):
     def _send_following_redirects(self, method: str, url: str, *, attach_token: bool, stream: bool,
                                   headers: dict[str, str] | None, **kwargs: Any
                                   ) -> tuple[requests.Response, str | None]:
-        current = url
+        """Every hop is read by :func:`request_target` (refused if ambiguous) and requested as read, so
+        the host the token is checked against is the host that is connected to."""
+        current = request_target(url)
         sent_token = None
         for _hop in range(MAX_REDIRECTS + 1):
             sent_token = None  # of the hop that answers: a 401 from a host never given the token is not Zoho's
@@ -382,17 +418,17 @@ class ZohoCrmHook(BaseHook):
                 sent_token = self.get_access_token()
                 request_headers["Authorization"] = f"Zoho-oauthtoken {sent_token}"
             response = self.session.request(
-                method, current, headers=request_headers, stream=stream, timeout=self.timeout,
+                method, current.url, headers=request_headers, stream=stream, timeout=self.timeout,
                 allow_redirects=False, **kwargs,
             )
             if not response.is_redirect:
                 return response, sent_token
             location = response.headers.get("Location", "")
             response.close()
-            current = urljoin(current, location)
+            current = redirect_target(current, location)
             if attach_token and not self.endpoints.may_receive_token(current):
                 log.info("Following a redirect to %s without the Zoho token (not a Zoho host of this "
-                         "connection)", urlsplit(current).hostname)
+                         "connection)", current.host)
             if method == "POST":
                 method = "GET"
                 kwargs.pop("data", None)
@@ -400,7 +436,7 @@ class ZohoCrmHook(BaseHook):
         raise DownloadError(f"more than {MAX_REDIRECTS} redirects starting at {safe_url(url)}")
 
     def _url(self, path_or_url: str) -> str:
-        if path_or_url.startswith(("http://", "https://")):
+        if _FULL_URL.match(path_or_url):  # any scheme, so that ftp:// is refused, not read as a path
             return path_or_url
         return f"{self.endpoints.api_domain}/{path_or_url.lstrip('/')}"
 
@@ -417,9 +453,11 @@ class ZohoCrmHook(BaseHook):
         return response
 
     def _check_host(self, url: str) -> None:
-        if self.endpoints.may_receive_token(url):
+        """Refuse, before any request, a URL that may not receive the token: ambiguous or foreign."""
+        target = request_target(url)
+        if self.endpoints.may_receive_token(target):
             return
-        host = urlsplit(url).hostname
+        host = target.host
         if host in self.endpoints.token_hosts:  # a Zoho host, but not over https
             raise DisallowedHostError(
                 f"refusing to send the Zoho token over plain http to {host!r}: Zoho's hosts are reached over "
@@ -441,8 +479,8 @@ class ZohoCrmHook(BaseHook):
         kwargs = {"code": code, "zoho_message": message, "status_code": status, "job_id": job_id}
         if status == 401 and "Authorization" not in response.request.headers:
             raise ZohoApiError(
-                f"{where}: {urlsplit(answered_by).hostname!r} is not a Zoho host of this connection, so it was "
-                "not sent the token, and it demands authorisation", **kwargs)
+                f"{where}: {request_target(response.url or url).host!r} is not a Zoho host of this connection, so "
+                "it was not sent the token, and it demands authorisation", **kwargs)
         if code == "OAUTH_SCOPE_MISMATCH":
             raise ZohoScopeError(
                 f"{where} OAUTH_SCOPE_MISMATCH: the refresh token lacks the scope this call needs; "
@@ -465,15 +503,20 @@ class ZohoCrmHook(BaseHook):
     # --- Bulk Write -----------------------------------------------------------------------------
 
     def get_bulk_write_job(self, job_id: str) -> dict[str, Any]:
-        """Job details with every status normalised (``IN PROGRESS`` == ``INPROGRESS``)."""
+        """Job details with every status normalised (``IN PROGRESS`` == ``INPROGRESS``).
+
+        Transport failures end as :class:`ZohoConnectionError` (transient), bodies of the wrong shape as
+        :class:`ZohoMalformedResponseError`; both name the job.
+        """
         try:
-            response = self.request("GET", f"crm/bulk/v8/write/{job_id}")
-        except ZohoApiError as exc:
+            # Quoted: a job id from a template (dag_run.conf) must not walk to another API path.
+            response = self.request("GET", f"crm/bulk/v8/write/{quote(str(job_id), safe='')}")
+            body = _json_body(response, expected=_JOB_DETAILS)
+            if isinstance(body, dict) and isinstance(body.get("data"), list) and body["data"]:
+                body = body["data"][0]  # tolerate the wrapped shape of other Bulk APIs
+            return bulk_job.normalise_job(body)
+        except ZohoBulkError as exc:
             raise exc.with_context(job_id=job_id) from None
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("data"), list) and body["data"]:
-            body = body["data"][0]  # tolerate the wrapped shape of other Bulk APIs
-        return bulk_job.normalise_job(body)
 
     @contextlib.contextmanager
     def stream_download(self, url: str, *, job_id: str | None = None) -> Iterator[Download]:
@@ -483,10 +526,10 @@ class ZohoCrmHook(BaseHook):
         happen only before the first byte. Error bodies (expired link, JSON or HTML instead of a
         file) raise before anything is yielded.
         """
-        self._check_host(url)
         try:
+            self._check_host(url)
             response = self._send("GET", url, attach_token=True, stream=True)
-        except ZohoConnectionError as exc:
+        except ZohoBulkError as exc:
             raise exc.with_context(job_id=job_id) from None
         try:
             if response.status_code >= 400 or _looks_like_error_body(response):
@@ -500,7 +543,7 @@ class ZohoCrmHook(BaseHook):
                 raise DownloadError(
                     f"{safe_url(url)} answered with {response.headers.get('Content-Type')!r} instead of a zip: "
                     f"{_excerpt(response)}", job_id=job_id)
-            yield Download(response, url, self.chunk_size)
+            yield Download(response, url, self.chunk_size, job_id)
         finally:
             response.close()
 
@@ -513,6 +556,17 @@ class ZohoCrmHook(BaseHook):
         except Exception as exc:  # the UI shows the message; secrets are never part of it
             return False, f"{type(exc).__name__}: {exc}"
         return True, f"Signed in to Zoho data centre {self.endpoints.data_center!r} ({self.endpoints.accounts_url})"
+
+
+class _HandRedirectSession(requests.Session):
+    """A session that never reads a redirect itself: the hook follows every hop by hand, each read by
+    :func:`request_target`. Even with ``allow_redirects=False`` requests parses the ``Location`` with its
+    own parser to fill ``Response.next``, and a malformed one (a port out of range) escapes as a bare
+    ``ValueError`` from inside ``request()``."""
+
+    def resolve_redirects(self, resp: requests.Response, req: requests.PreparedRequest, **kwargs: Any
+                          ) -> Iterator[Any]:
+        return iter(())
 
 
 def _auth_error(error: str | None, dc: str, accounts_url: str) -> ZohoAuthError:
@@ -546,6 +600,24 @@ def _json_or_none(response: requests.Response, *, peek: bool = False) -> dict | 
     except Exception:
         return None
     return data if isinstance(data, dict) else None
+
+
+def _json_body(response: requests.Response, *, expected: str) -> Any:
+    """The JSON of a successful answer, or :class:`ZohoMalformedResponseError` saying what came instead."""
+    where = f"from Zoho {response.request.method} {safe_url(response.url)}"
+    content_type = response.headers.get("Content-Type", "")
+    if not response.content:
+        raise ZohoMalformedResponseError(
+            f"expected {expected} {where}, got an empty answer (HTTP {response.status_code})",
+            status_code=response.status_code)
+    try:
+        return response.json()
+    except ValueError:
+        kind = ("HTML" if "html" in content_type.lower() or response.content.lstrip()[:1] == b"<"
+                else "a body that is not JSON")
+        raise ZohoMalformedResponseError(
+            f"expected {expected} {where}, got {kind} (HTTP {response.status_code}, Content-Type "
+            f"{content_type!r}): {_excerpt(response)}", status_code=response.status_code) from None
 
 
 def _looks_like_error_body(response: requests.Response) -> bool:
