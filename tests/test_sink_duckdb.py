@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
-from airflow_provider_zohobulk.sinks.staging_file import StagingFile
 from tests.helpers import JOB, CorruptArchive, batches_of, canonical_batch, expected_rows, failing_after, sample_rows
 
 OTHER_JOB = "4150868000004979777"
@@ -81,49 +84,95 @@ def test_failed_rerun_leaves_the_previous_rows_exactly(database: Path) -> None:
     assert snapshot(database) == before
 
 
-def staged_files(database: Path) -> list[str]:
-    """The staging files visible beside the database (on Linux a staging file has no name at all)."""
-    return sorted(path.name for path in database.parent.glob(f".{database.name}.zohobulk.*"))
-
-
-def test_a_broken_archive_never_opens_the_database(database: Path) -> None:
+def test_a_broken_archive_leaves_no_database_where_there_was_none(database: Path) -> None:
     with pytest.raises(CorruptArchive):
         load_batches(DuckDBSink(str(database), "analytics.results"), JOB, failing_after(batches_of(sample_rows(6)), 1))
-    assert not database.exists()
-    assert staged_files(database) == []
+    assert os.listdir(database.parent) == []
 
 
-def test_a_dropped_sink_leaves_no_staged_file(database: Path, staging_mode: str) -> None:
-    """A sink garbage-collected between open and commit (a task killed by an exception elsewhere)."""
+def test_a_dropped_sink_rolls_back_and_releases_the_file(database: Path) -> None:
+    """A sink garbage-collected between open and commit (a task killed by an exception elsewhere): its
+    INSERT is stopped, the transaction rolled back, the lock released, the database it created removed."""
+    database.parent.mkdir(parents=True)
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE other (x INT)")
     sink = DuckDBSink(str(database))
     sink.open(JOB)
     for name, batch in batches_of(sample_rows(5)):
         sink.write(name, batch)
-    assert len(staged_files(database)) == (0 if staging_mode == "anonymous" else 1)
     del sink
     gc.collect()
-    assert staged_files(database) == []
-    assert not database.exists()
+    with duckdb.connect(str(database)) as con:  # would fail with "Conflicting lock" while the load lived
+        tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    assert tables == [("other",)]
+
+    fresh = database.parent / "fresh.duckdb"
+    sink = DuckDBSink(str(fresh))
+    sink.open(JOB)
+    for name, batch in batches_of(sample_rows(5)):
+        sink.write(name, batch)
+    del sink
+    gc.collect()
+    assert not fresh.exists()
 
 
-def test_failure_inside_the_commit_transaction_leaves_no_table(
-        database: Path, staging_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Schema and table were created and the job's rows deleted in the transaction, then the INSERT
-    failed (its staged rows unreadable): all of it rolls back, and nothing is left beside the database."""
+def test_failure_inside_the_insert_leaves_no_table(database: Path) -> None:
+    """Schema and table were created and the job's rows deleted in the transaction, then DuckDB refused a
+    row (a null ``source``, which the table declares NOT NULL): all of it rolls back."""
     database.parent.mkdir(parents=True)
     duckdb.connect(str(database)).close()
+    good = batches_of(sample_rows(6))
+    name, batch = good[0]
+    source_at = batch.schema.get_field_index("source")
+    broken = batch.set_column(source_at, batch.schema.field(source_at),
+                              pa.array([None] * batch.num_rows, batch.schema.field(source_at).type))
     sink = DuckDBSink(str(database), "analytics.results")
-    sink.open(JOB)
-    for name, batch in batches_of(sample_rows(6)):
-        sink.write(name, batch)
-    monkeypatch.setattr(StagingFile, "reader_path", property(lambda _: str(database.parent / "vanished.parquet")))
     with pytest.raises(SinkError, match=r"inserting rows into DuckDB table 'analytics\.results'") as caught:
-        sink.commit()
+        load_batches(sink, JOB, [(name, broken)])
     assert caught.value.job_id == JOB
     with duckdb.connect(str(database), read_only=True) as con:
         tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
     assert tables == []
-    assert staged_files(database) == []
+    assert os.listdir(database.parent) == [database.name]
+
+
+KILLED_LOAD = textwrap.dedent("""
+    import sys, time
+    from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
+    from tests.helpers import JOB, batches_of, sample_rows
+
+    sink = DuckDBSink(sys.argv[1])
+    sink.open(JOB)
+    for name, batch in batches_of(sample_rows(2000)):
+        sink.write(name, batch)
+    print("inserting", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing database", "new database"])
+def test_a_killed_load_leaves_the_database_as_it_was(database: Path, existing: bool) -> None:
+    """SIGKILL mid-load (a task timeout, the OOM killer): no cleanup code runs. An existing database keeps
+    its tables and rows and gains no file beside it; a database the load was creating is at most an empty
+    one (DuckDB needs the file to exist to write into it; it commits nothing it was not told to)."""
+    database.parent.mkdir(parents=True)
+    if existing:
+        load_batches(DuckDBSink(str(database)), OTHER_JOB, batches_of(sample_rows(4), job_id=OTHER_JOB))
+        before = snapshot(database)
+    process = subprocess.Popen([sys.executable, "-c", KILLED_LOAD, str(database)], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "inserting"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert os.listdir(database.parent) == [database.name]
+    if existing:
+        assert snapshot(database) == before
+    else:
+        with duckdb.connect(str(database), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
 
 
 def test_rows_arriving_twice_roll_everything_back(database: Path) -> None:
@@ -233,8 +282,7 @@ def test_a_locked_database_is_waited_for_then_loaded(database: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         with pytest.raises(SinkError, match="lock"):
             load_batches(DuckDBSink(str(database), lock_timeout=0), JOB, batches_of(sample_rows(3)))
-        assert staged_files(database) == []
-        # The rows are staged while the file is locked: only the commit waits for it.
+        # The load waits for the lock when it opens, and loads once the holder lets go.
 
         outcome: dict[str, object] = {}
 

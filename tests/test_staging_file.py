@@ -90,13 +90,11 @@ def test_only_a_missing_feature_falls_back_to_a_named_file(
 
 KILLED_LOAD = textwrap.dedent("""
     import sys, time
-    from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
     from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink
     from tests.helpers import JOB, batches_of, sample_rows
 
     directory = sys.argv[1]
-    sinks = [ObjectStorageSink(directory + "/out.parquet"), ObjectStorageSink(directory + "/out.csv.gz"),
-             DuckDBSink(directory + "/zoho.duckdb")]
+    sinks = [ObjectStorageSink(directory + "/out.parquet"), ObjectStorageSink(directory + "/out.csv.gz")]
     for sink in sinks:
         sink.open(JOB)
         for name, batch in batches_of(sample_rows(50)):
