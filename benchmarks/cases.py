@@ -16,8 +16,17 @@ The cases:
   operator drives it (``read_bulk_write_result`` + ``ResultStats`` + ``load_batches`` into a sink).
 * ``naive_pandas``: what people write by hand: ``requests.get(...).content``, ``zipfile``,
   ``pandas.read_csv(dtype=str)``, ``to_parquet``. Everything in memory.
+* ``dlt_duckdb``: what a Python engineer writes with dlt (its ``duckdb`` extra): a ``dlt.resource``
+  yielding the ceiling's Arrow batches, ``pipeline.run(..., write_disposition="replace")`` into a
+  DuckDB file. dlt's working directories stay inside the case's work directory; telemetry is off.
+* ``duckdb_by_hand``: what an expert writes without us: ``requests`` streams the zip to a temporary
+  file, ``zipfile`` extracts the CSV to disk, DuckDB's ``read_csv(..., all_varchar = true)`` (all its
+  threads) loads it with ``CREATE TABLE ... AS``.
 * ``raw_copy``: the same CSV bytes piped straight into PostgreSQL ``COPY ... (FORMAT csv)``: the
-  ceiling for loading PostgreSQL.
+  server's own speed on the raw CSV, for reference.
+* ``canonical_copy``: the exact bytes SqlSink sends to ``COPY`` for these rows, encoded before the
+  clock starts, copied into SqlSink's own table in SqlSink's own transaction: the ceiling for any
+  loader of the canonical layout into PostgreSQL.
 """
 
 from __future__ import annotations
@@ -41,9 +50,22 @@ __all__ = ["CASES", "CaseConfig", "CaseResult", "main", "run_case"]
 RAW_COPY_COLUMNS = ("last_name", "email", "company", "record_id", "status", "errors")
 ZOHO_CONN_ID = "zoho_crm_default"
 PG_CONN_ID = "bench_postgres"
-#: The table our sinks load into (DuckDB and PostgreSQL); the raw COPY case has its own.
+#: The table our sinks load into (DuckDB and PostgreSQL, and canonical_copy: SqlSink's table); the
+#: raw COPY case and the DuckDB cases that are not ours have their own.
 RESULTS_TABLE = "bulk_write_results"
 RAW_TABLE = "raw_copy_results"
+#: dlt's table, inside its dataset (a DuckDB schema); dlt names the CSV's columns in snake case.
+DLT_DATASET = "bench"
+DLT_TABLE = "dlt_results"
+BY_HAND_TABLE = "by_hand_results"
+#: What each case leaves in its work directory, removed by the runner after the destination is checked.
+OURS_PARQUET_DIR = "ours"
+OURS_DUCKDB_FILE = "ours.duckdb"
+NAIVE_PARQUET_FILE = "naive.parquet"
+DLT_DUCKDB_FILE = "dlt.duckdb"
+DLT_WORK_DIR = "dlt"
+BY_HAND_DUCKDB_FILE = "by_hand.duckdb"
+CANONICAL_PAYLOAD_FILE = "canonical_copy.csv"
 CHUNK_SIZE = 1 << 16
 
 
@@ -57,6 +79,8 @@ class CaseConfig:
     work_dir: str
     access_token: str = ""
     pg_dsn: str = ""
+    #: The result zip on disk: only canonical_copy reads it, to encode its COPY payload before the clock starts.
+    zip_path: str = ""
 
     @classmethod
     def load(cls, path: Path) -> CaseConfig:
@@ -131,8 +155,13 @@ class ChunkReader(io.RawIOBase):
 # --- the cases ------------------------------------------------------------------------------------
 
 
-def ceiling(config: CaseConfig) -> Callable[[], CaseOutput]:
-    """Download + unzip + pyarrow's own streaming CSV reader (all columns text), into nothing."""
+def streamed_csv_batches(config: CaseConfig) -> Callable[[], Iterator[Any]]:
+    """Set up the ceiling's path; each call of the returned function downloads the zip and yields its batches.
+
+    The path: ``ZohoCrmHook.stream_download`` + ``stream_unzip`` + pyarrow's streaming CSV reader with
+    every column as text. The ceiling counts the batches; the dlt case hands them to dlt. Imports and
+    the hook happen here, in set-up, so that the timed part pays for none of them.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
     from stream_unzip import stream_unzip
@@ -142,9 +171,7 @@ def ceiling(config: CaseConfig) -> Callable[[], CaseOutput]:
     hook = ZohoCrmHook(ZOHO_CONN_ID)
     block_size = 1 << 20
 
-    def run() -> CaseOutput:
-        rows = 0
-        by_status: Counter[str] = Counter()
+    def batches() -> Iterator[Any]:
         with hook.stream_download(config.download_url, job_id=config.job_id) as download:
             for _name, _size, member in stream_unzip(download, chunk_size=CHUNK_SIZE):
                 source = io.BufferedReader(ChunkReader(member), buffer_size=block_size)
@@ -158,11 +185,23 @@ def ceiling(config: CaseConfig) -> Callable[[], CaseOutput]:
                     convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string())),
                 )
                 try:
-                    for batch in reader:
-                        rows += batch.num_rows
-                        status_counts(by_status, batch.column("STATUS"))
+                    yield from reader
                 finally:
                     reader.close()
+
+    return batches
+
+
+def ceiling(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """Download + unzip + pyarrow's own streaming CSV reader (all columns text), into nothing."""
+    batches = streamed_csv_batches(config)
+
+    def run() -> CaseOutput:
+        rows = 0
+        by_status: Counter[str] = Counter()
+        for batch in batches():
+            rows += batch.num_rows
+            status_counts(by_status, batch.column("STATUS"))
         return CaseOutput(rows=rows, by_status=dict(by_status))
 
     return run
@@ -199,13 +238,13 @@ def ours(config: CaseConfig, make_sink: Callable[[], Any]) -> Callable[[], CaseO
 def ours_parquet(config: CaseConfig) -> Callable[[], CaseOutput]:
     from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink
 
-    return ours(config, lambda: ObjectStorageSink(str(Path(config.work_dir) / "ours" / "{file}.parquet")))
+    return ours(config, lambda: ObjectStorageSink(str(Path(config.work_dir) / OURS_PARQUET_DIR / "{file}.parquet")))
 
 
 def ours_duckdb(config: CaseConfig) -> Callable[[], CaseOutput]:
     from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
 
-    return ours(config, lambda: DuckDBSink(str(Path(config.work_dir) / "ours.duckdb"), RESULTS_TABLE))
+    return ours(config, lambda: DuckDBSink(str(Path(config.work_dir) / OURS_DUCKDB_FILE), RESULTS_TABLE))
 
 
 def ours_postgres(config: CaseConfig) -> Callable[[], CaseOutput]:
@@ -221,7 +260,7 @@ def naive_pandas(config: CaseConfig) -> Callable[[], CaseOutput]:
     import pandas
     import requests
 
-    target = Path(config.work_dir) / "naive.parquet"
+    target = Path(config.work_dir) / NAIVE_PARQUET_FILE
 
     def run() -> CaseOutput:
         response = requests.get(config.download_url,
@@ -272,6 +311,143 @@ def raw_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
     return run
 
 
+def dlt_duckdb(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """dlt as a Python engineer uses it: a resource of the ceiling's Arrow batches, run into a DuckDB file.
+
+    dlt's defaults otherwise (extract to load-package files, normalize, load with its thread pool);
+    its pipelines and data directories go to the work directory, and its telemetry is off (no network
+    here, and a benchmark must not report anywhere).
+    """
+    work_dir = Path(config.work_dir) / DLT_WORK_DIR
+    os.environ["DLT_DATA_DIR"] = str(work_dir / "data")  # read when dlt is imported
+    os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+    import dlt
+
+    batches = streamed_csv_batches(config)
+    database = Path(config.work_dir) / DLT_DUCKDB_FILE
+    pipeline = dlt.pipeline(
+        pipeline_name="zohobulk_bench", pipelines_dir=str(work_dir / "pipelines"), dataset_name=DLT_DATASET,
+        destination=dlt.destinations.duckdb(str(database)),
+    )
+
+    rows = 0
+
+    @dlt.resource(name=DLT_TABLE)
+    def bulk_write_result() -> Iterator[Any]:
+        nonlocal rows
+        for batch in batches():
+            rows += batch.num_rows
+            yield batch
+
+    def run() -> CaseOutput:
+        pipeline.run(bulk_write_result(), write_disposition="replace").raise_on_failed_jobs()
+        # The rows handed to dlt; the parent counts the rows and statuses in the table.
+        return CaseOutput(rows=rows, by_status={}, destination=[str(database)])
+
+    return run
+
+
+def duckdb_by_hand(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """The expert's way without us: zip to a temporary file, CSV extracted to disk, DuckDB's own reader.
+
+    ``requests`` streams the body to disk (with the OAuth header, as ``naive_pandas`` sends it),
+    ``zipfile`` extracts the CSV member, and ``CREATE TABLE ... AS SELECT * FROM read_csv(...)``
+    loads it with every column as text and all of DuckDB's threads. The temporary files are removed
+    inside the timed part, as the script would.
+    """
+    import tempfile
+    import zipfile
+
+    import duckdb
+    import requests
+
+    database = Path(config.work_dir) / BY_HAND_DUCKDB_FILE
+
+    def run() -> CaseOutput:
+        with tempfile.TemporaryDirectory(dir=config.work_dir) as scratch:
+            zip_file = Path(scratch) / "result.zip"
+            with requests.get(config.download_url, stream=True, timeout=600,
+                              headers={"Authorization": f"Zoho-oauthtoken {config.access_token}"}) as response:
+                response.raise_for_status()
+                with open(zip_file, "wb") as target:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        target.write(chunk)
+            with zipfile.ZipFile(zip_file) as archive:
+                name = next(n for n in archive.namelist() if n.endswith(".csv"))
+                csv_path = archive.extract(name, scratch)
+            with duckdb.connect(str(database)) as connection:
+                csv_literal = "'" + csv_path.replace("'", "''") + "'"
+                loaded = connection.execute(f"CREATE TABLE {BY_HAND_TABLE} AS "
+                                            f"SELECT * FROM read_csv({csv_literal}, all_varchar = true)").fetchone()
+        # The parent counts the statuses in the table.
+        return CaseOutput(rows=int(loaded[0]) if loaded else 0, by_status={}, destination=[str(database)])
+
+    return run
+
+
+def write_sql_sink_copy_payload(zip_path: str, job_id: str, target: str) -> int:
+    """Write the bytes SqlSink's PostgreSQL load sends to ``COPY`` for this zip's rows; returns the row count.
+
+    The pipeline's canonical batches (``read_bulk_write_result``), each checked with ``conform_batch``
+    and encoded with ``encode_csv(include_header=False)``, exactly as ``SqlSink`` does in its
+    PostgreSQL ``write`` (which slices a batch into ``batch_rows`` pieces first: CSV rows are encoded
+    one by one, so the bytes are the same). Runs in a child process of the case (see
+    :func:`canonical_copy`), so that the case's own peak memory is its COPY's alone.
+    """
+    from airflow_provider_zohobulk.bulk_result import read_bulk_write_result
+    from airflow_provider_zohobulk.sinks.formats import conform_batch, encode_csv
+    from benchmarks.stages import file_chunks
+
+    rows = 0
+    with open(target, "wb") as payload:
+        for file_name, batch in read_bulk_write_result(file_chunks(Path(zip_path)), job_id=job_id):
+            conformed = conform_batch(batch, job_id=job_id, file_name=file_name, destination=RESULTS_TABLE)
+            payload.write(encode_csv(conformed, include_header=False))
+            rows += batch.num_rows
+    return rows
+
+
+def canonical_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """SqlSink's PostgreSQL load with the rows already encoded: the ceiling for the canonical layout.
+
+    Set-up (not timed) encodes the payload in a child process (:func:`write_sql_sink_copy_payload`)
+    and looks the Airflow connection up. The timed part is SqlSink's own PostgreSQL session: ``open``
+    connects, creates the table (its DDL, its key), takes the job's lock, deletes the job's earlier
+    rows and starts the same ``COPY`` statement; the payload's bytes are written into that COPY and
+    ``commit`` ends it in the one transaction. SqlSink has no public way to send bytes that are
+    already encoded, so the case writes to its open load's ``copy``; it fails loudly if that changes.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from airflow_provider_zohobulk.sinks.sql import SqlSink
+
+    payload = Path(config.work_dir) / CANONICAL_PAYLOAD_FILE
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as encoder:
+        rows = encoder.submit(write_sql_sink_copy_payload, config.zip_path, config.job_id, str(payload)).result()
+    sink = SqlSink(PG_CONN_ID, RESULTS_TABLE)
+    _ = sink.asset_uri  # imports Airflow's connection lookup and resolves the connection now, in set-up
+
+    def run() -> CaseOutput:
+        sink.open(config.job_id)
+        try:
+            copy = getattr(getattr(sink, "_load", None), "copy", None)
+            if copy is None:
+                raise RuntimeError("SqlSink's PostgreSQL load no longer exposes its COPY as `_load.copy`: "
+                                   "update benchmarks.cases.canonical_copy")
+            with open(payload, "rb") as source:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    copy.write(block)
+        except BaseException:
+            sink.abort()
+            raise
+        destination = sink.commit()
+        # The rows encoded; the parent counts the rows and statuses in the table.
+        return CaseOutput(rows=rows, by_status={}, destination=destination)
+
+    return run
+
+
 CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "ceiling": ceiling,
     "ours_parquet": ours_parquet,
@@ -279,6 +455,9 @@ CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "ours_postgres": ours_postgres,
     "naive_pandas": naive_pandas,
     "raw_copy": raw_copy,
+    "dlt_duckdb": dlt_duckdb,
+    "duckdb_by_hand": duckdb_by_hand,
+    "canonical_copy": canonical_copy,
 }
 
 

@@ -8,6 +8,8 @@ each case (:mod:`benchmarks.cases`) runs in a fresh process of its own. After ea
 *destination* is read back (Parquet file, DuckDB table, PostgreSQL table) and its row count and rows
 per status are compared with the generator's manifest: a case that loses or invents rows fails the
 run instead of posting a fast time. Destinations are then removed, so a full run needs little disk.
+When ``--rows`` is above :data:`MEMORY_BASELINE_ROWS`, our sink cases run a second time on a zip of
+that size (generated once, cached), to tell whether their memory grows with the input.
 
 Throughput is uncompressed CSV bytes (and data rows) per second of wall-clock time from the first
 HTTP request to the commit. Peak memory is the case process's own high-water RSS (``VmHWM``; not
@@ -33,29 +35,73 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cases import PG_CONN_ID, RAW_TABLE, RESULTS_TABLE, ZOHO_CONN_ID, CaseConfig, CaseResult
+from benchmarks.cases import (
+    BY_HAND_DUCKDB_FILE,
+    BY_HAND_TABLE,
+    CANONICAL_PAYLOAD_FILE,
+    DLT_DATASET,
+    DLT_DUCKDB_FILE,
+    DLT_TABLE,
+    DLT_WORK_DIR,
+    NAIVE_PARQUET_FILE,
+    OURS_DUCKDB_FILE,
+    OURS_PARQUET_DIR,
+    PG_CONN_ID,
+    RAW_TABLE,
+    RESULTS_TABLE,
+    ZOHO_CONN_ID,
+    CaseConfig,
+    CaseResult,
+)
 from benchmarks.generate import DEFAULT_ROWS, ResultManifest, ensure_result_zip
 
-__all__ = ["CASE_ORDER", "Measurement", "OutputMismatchError", "render_markdown", "run_benchmark"]
+__all__ = ["CASE_ORDER", "Measurement", "OutputMismatchError", "TargetCheck", "render_markdown", "run_benchmark",
+           "target_checks"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
 #: Everything from this line on in results.md is hand-written analysis, kept across runs.
 ANALYSIS_MARKER = "<!-- analysis: everything below is kept when run.py rewrites this file -->"
-CASE_ORDER = ("ceiling", "ours_parquet", "ours_duckdb", "naive_pandas", "raw_copy", "ours_postgres")
+#: Each of our cases next to the ones it is compared with, so that drift in the machine's load
+#: between neighbours stays small.
+CASE_ORDER = ("ceiling", "ours_parquet", "naive_pandas", "ours_duckdb", "dlt_duckdb", "duckdb_by_hand",
+              "raw_copy", "canonical_copy", "ours_postgres")
 CASE_LABELS = {
     "ceiling": "ceiling: hook download + stream-unzip + pyarrow CSV, into nothing",
     "ours_parquet": "ours -> Parquet (ObjectStorageSink, local file)",
     "ours_duckdb": "ours -> DuckDB (DuckDBSink)",
     "ours_postgres": "ours -> PostgreSQL (SqlSink, Airflow connection)",
     "naive_pandas": "naive: requests .content + zipfile + pandas.read_csv + to_parquet",
+    "dlt_duckdb": "dlt -> DuckDB: resource of the ceiling's Arrow batches, pipeline.run(replace)",
+    "duckdb_by_hand": "DuckDB by hand: zip to temp file, unzip to disk, CREATE TABLE AS read_csv",
     "raw_copy": "raw COPY: CSV bytes from stream-unzip into PostgreSQL COPY",
+    "canonical_copy": "canonical COPY: SqlSink's pre-encoded bytes into its table and transaction",
 }
-PACKAGES = ("apache-airflow", "pyarrow", "duckdb", "psycopg", "pandas", "stream-unzip", "smart-open", "requests")
-MEMORY_TARGET_MB = 250
-TARGETS = (  # (ours, reference, minimum ratio of throughputs)
-    ("ours_parquet", "ceiling", 0.7),
-    ("ours_postgres", "raw_copy", 0.8),
+#: Our cases, one per sink: the ones with memory targets.
+SINK_CASES = ("ours_parquet", "ours_duckdb", "ours_postgres")
+PACKAGES = ("apache-airflow", "pyarrow", "duckdb", "psycopg", "pandas", "stream-unzip", "smart-open", "requests",
+            "dlt")
+#: Peak RSS of the whole case process (imports included), per sink.
+PEAK_RSS_TARGET_MB = {"ours_parquet": 250, "ours_postgres": 250, "ours_duckdb": 300}
+#: The smaller input our sink cases also run on, and how far apart their memory above set-up may be.
+MEMORY_BASELINE_ROWS = 200_000
+FLAT_MEMORY_MB = 30
+#: The targets of issue #11 that compare two cases, in its order: (kind, ours, reference, bound).
+#: "speed": the reference's seconds / ours must be at least ``bound`` (same input, so seconds compare);
+#: "memory": ours's peak RSS / the reference's must be at most ``bound``.
+PAIR_TARGETS = (
+    ("speed", "ours_duckdb", "dlt_duckdb", 1.5),
+    ("memory", "ours_duckdb", "dlt_duckdb", 1.0),
+    ("speed", "ours_duckdb", "duckdb_by_hand", 0.8),
+    ("speed", "ours_parquet", "naive_pandas", 3.0),
+    ("memory", "ours_parquet", "naive_pandas", 0.25),
+    ("speed", "ours_parquet", "ceiling", 0.5),
+    ("speed", "ours_postgres", "canonical_copy", 0.8),
+)
+#: Speed ratios shown for information, with no target.
+SPEED_INFORMATION = (
+    ("ours_postgres", "raw_copy"),
+    ("canonical_copy", "raw_copy"),
 )
 
 
@@ -88,6 +134,11 @@ class Measurement:
     def peak_rss_mb(self) -> float:
         return self.peak_rss_bytes / 2**20
 
+    @property
+    def peak_above_setup_mb(self) -> float:
+        """What the load itself adds to the process: an Airflow worker has paid for the imports already."""
+        return (self.peak_rss_bytes - self.rss_after_setup_bytes) / 2**20
+
 
 # --- checking destinations -------------------------------------------------------------------------
 
@@ -113,11 +164,13 @@ def postgres_status_counts(dsn: str, table: str, status_column: str) -> tuple[in
     return sum(found.values()), {str(k): int(v) for k, v in found.items()}
 
 
-def duckdb_status_counts(database: Path) -> tuple[int, dict[str, int]]:
+def duckdb_status_counts(database: Path, table: str = RESULTS_TABLE,
+                         status: str = "status") -> tuple[int, dict[str, int]]:
+    """Rows and rows per value of the SQL expression ``status`` in a DuckDB table."""
     import duckdb
 
     with duckdb.connect(str(database), read_only=True) as connection:
-        found = dict(connection.execute(f"SELECT status, count(*) FROM {RESULTS_TABLE} GROUP BY 1").fetchall())
+        found = dict(connection.execute(f"SELECT {status}, count(*) FROM {table} GROUP BY 1").fetchall())
     return sum(found.values()), {str(k): int(v) for k, v in found.items()}
 
 
@@ -137,8 +190,13 @@ def check_destination(result: CaseResult, manifest: ResultManifest, work_dir: Pa
         rows, by_status = parquet_status_counts(local_path(output.destination[0]),
                                                 "status" if case == "ours_parquet" else "STATUS")
     elif case == "ours_duckdb":
-        rows, by_status = duckdb_status_counts(work_dir / "ours.duckdb")
-    elif case == "ours_postgres":
+        rows, by_status = duckdb_status_counts(work_dir / OURS_DUCKDB_FILE)
+    elif case == "dlt_duckdb":  # dlt names the CSV's STATUS column in snake case
+        rows, by_status = duckdb_status_counts(work_dir / DLT_DUCKDB_FILE, f"{DLT_DATASET}.{DLT_TABLE}",
+                                               "upper(status)")
+    elif case == "duckdb_by_hand":  # read_csv keeps the header's names
+        rows, by_status = duckdb_status_counts(work_dir / BY_HAND_DUCKDB_FILE, BY_HAND_TABLE, 'upper("STATUS")')
+    elif case in ("ours_postgres", "canonical_copy"):
         rows, by_status = postgres_status_counts(pg_dsn, RESULTS_TABLE, "status")
     elif case == "raw_copy":
         rows, by_status = postgres_status_counts(pg_dsn, RAW_TABLE, "status")
@@ -157,17 +215,19 @@ def check_destination(result: CaseResult, manifest: ResultManifest, work_dir: Pa
 
 def clear_destination(case: str, work_dir: Path, pg_dsn: str) -> None:
     """Remove what a case wrote, so the next repetition starts alike and disk use stays small."""
-    for name in ("ours", "ours.duckdb", "ours.duckdb.wal", "naive.parquet"):
+    duckdb_files = (OURS_DUCKDB_FILE, DLT_DUCKDB_FILE, BY_HAND_DUCKDB_FILE)
+    for name in (OURS_PARQUET_DIR, NAIVE_PARQUET_FILE, DLT_WORK_DIR, CANONICAL_PAYLOAD_FILE, *duckdb_files,
+                 *(f"{name}.wal" for name in duckdb_files)):
         path = work_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    if case in ("ours_postgres", "raw_copy"):
+    if case in ("ours_postgres", "canonical_copy", "raw_copy"):
         import psycopg
 
         with psycopg.connect(pg_dsn, autocommit=True) as connection:
-            connection.execute(f"DROP TABLE IF EXISTS {RESULTS_TABLE if case == 'ours_postgres' else RAW_TABLE}")
+            connection.execute(f"DROP TABLE IF EXISTS {RAW_TABLE if case == 'raw_copy' else RESULTS_TABLE}")
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -229,8 +289,8 @@ def run_benchmark(
         for case in cases:
             config = CaseConfig(
                 case=case, download_url=download_url, job_id=job_id, work_dir=str(work_dir),
-                access_token=access_token if case == "naive_pandas" else "",
-                pg_dsn=pg_dsn,
+                access_token=access_token if case in ("naive_pandas", "duckdb_by_hand") else "",
+                pg_dsn=pg_dsn, zip_path=str(zip_path),
             )
             clear_destination(case, work_dir, pg_dsn)
             profile_path = profile_dir / f"{case}.{attempt + 1}.stacks" if profile_dir else None
@@ -289,10 +349,93 @@ def machine_description(pg_version: str | None) -> list[str]:
     return lines
 
 
-def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifest, *, machine: Sequence[str],
-                    repeat: int, notes: Sequence[str] = ()) -> str:
-    """The results table, the target ratios and the machine, as markdown."""
+@dataclass(frozen=True)
+class TargetCheck:
+    """One row of the ratio table: a comparison, its value in this run, its target and whether it is met.
+
+    ``met`` is None for a comparison this run could not make (a case left out with ``--cases``, or no
+    run at the baseline size) and for rows shown for information, which have no target.
+    """
+
+    label: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        if not self.target:
+            return ""
+        return "not measured" if self.met is None else "yes" if self.met else "NO"
+
+
+def speed_check(by_case: dict[str, Measurement], ours: str, reference: str, minimum: float | None) -> TargetCheck:
+    """How many times faster ``ours`` ran than ``reference`` (same input, so seconds compare directly)."""
+    label = f"{ours} vs {reference}: speed-up (its seconds / ours)"
+    target = f">= {minimum}x" if minimum is not None else ""
+    if ours not in by_case or reference not in by_case:
+        return TargetCheck(label, "not run", target)
+    ratio = by_case[reference].seconds / by_case[ours].seconds
+    return TargetCheck(label, f"{ratio:.2f}x", target, None if minimum is None else ratio >= minimum)
+
+
+def memory_share_check(by_case: dict[str, Measurement], ours: str, reference: str, largest: float) -> TargetCheck:
+    """``ours``'s peak RSS as a share of ``reference``'s, whole processes."""
+    label = f"{ours} vs {reference}: peak RSS, ours / its"
+    target = "<= 1.00 (no higher)" if largest == 1 else f"<= {largest:.2f} (1/{1 / largest:.0f} of it)"
+    if ours not in by_case or reference not in by_case:
+        return TargetCheck(label, "not run", target)
+    share = by_case[ours].peak_rss_bytes / by_case[reference].peak_rss_bytes
+    return TargetCheck(label, f"{by_case[ours].peak_rss_mb:,.0f} / {by_case[reference].peak_rss_mb:,.0f} MB = "
+                              f"{share:.2f}", target, share <= largest)
+
+
+def flat_memory_check(by_case: dict[str, Measurement], baseline_by_case: dict[str, Measurement], sink: str,
+                      rows: int, baseline_rows: int | None) -> TargetCheck:
+    """Peak RSS above set-up at ``rows`` against the same at ``baseline_rows``: memory flat in input size."""
+    label = f"{sink} peak RSS above set-up, {rows:,} vs {baseline_rows or MEMORY_BASELINE_ROWS:,} rows"
+    target = f"within {FLAT_MEMORY_MB} MB"
+    if sink not in by_case:
+        return TargetCheck(label, "not run", target)
+    if sink not in baseline_by_case or baseline_rows is None:
+        return TargetCheck(label, f"{by_case[sink].peak_above_setup_mb:,.0f} MB at {rows:,} rows; no run at the "
+                                  "smaller size (only when --rows is above it)", target)
+    large, small = by_case[sink].peak_above_setup_mb, baseline_by_case[sink].peak_above_setup_mb
+    return TargetCheck(label, f"{large:,.0f} vs {small:,.0f} MB: {large - small:+,.0f} MB", target,
+                       abs(large - small) <= FLAT_MEMORY_MB)
+
+
+def peak_memory_check(by_case: dict[str, Measurement], sink: str, limit_mb: int) -> TargetCheck:
+    label = f"{sink} peak RSS of the whole task process"
+    if sink not in by_case:
+        return TargetCheck(label, "not run", f"< {limit_mb} MB")
+    return TargetCheck(label, f"{by_case[sink].peak_rss_mb:,.0f} MB", f"< {limit_mb} MB",
+                       by_case[sink].peak_rss_mb < limit_mb)
+
+
+def target_checks(measurements: Sequence[Measurement], baseline: Sequence[Measurement] = (),
+                  *, rows: int, baseline_rows: int | None = None) -> list[TargetCheck]:
+    """Every target of issue #11, in its order, then rows for information (no target).
+
+    ``baseline`` holds our sink cases measured at ``baseline_rows`` in the same run, for the
+    memory-flatness targets.
+    """
     by_case = {m.case: m for m in measurements}
+    baseline_by_case = {m.case: m for m in baseline}
+    checks = [speed_check(by_case, ours, reference, bound) if kind == "speed"
+              else memory_share_check(by_case, ours, reference, bound)
+              for kind, ours, reference, bound in PAIR_TARGETS]
+    checks += [flat_memory_check(by_case, baseline_by_case, sink, rows, baseline_rows) for sink in SINK_CASES]
+    checks += [peak_memory_check(by_case, sink, PEAK_RSS_TARGET_MB[sink]) for sink in SINK_CASES]
+    checks += [speed_check(by_case, ours, reference, None) for ours, reference in SPEED_INFORMATION
+               if ours in by_case and reference in by_case]
+    return checks
+
+
+def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifest, *, machine: Sequence[str],
+                    repeat: int, notes: Sequence[str] = (), baseline: Sequence[Measurement] = (),
+                    baseline_rows: int | None = None) -> str:
+    """The results table, every target with its verdict (yes / NO / not measured), and the machine, as markdown."""
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmark results",
@@ -312,25 +455,15 @@ def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifes
             f"{m.peak_rss_mb:,.0f} | {m.rss_after_setup_bytes / 2**20:,.0f} | {m.arrow_peak_bytes / 2**20:,.0f} | "
             f"{m.cpu_seconds:.1f} |"
         )
+    if baseline:
+        lines += ["", f"Our sinks at {baseline_rows:,} rows (same run), for the memory targets:", "",
+                  "| case | seconds | peak RSS MB | RSS after setup MB | peak above setup MB |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {m.case} | {m.seconds:.1f} | {m.peak_rss_mb:,.0f} | {m.rss_after_setup_bytes / 2**20:,.0f} | "
+                  f"{m.peak_above_setup_mb:,.0f} |" for m in baseline]
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
-    for ours, reference, minimum in TARGETS:
-        if ours in by_case and reference in by_case:
-            ratio = by_case[ours].mb_per_second / by_case[reference].mb_per_second
-            lines.append(f"| {ours} / {reference} throughput | {ratio:.2f}x | >= {minimum}x | "
-                         f"{'yes' if ratio >= minimum else 'NO'} |")
-    for m in measurements:
-        if m.case.startswith("ours_"):
-            met = "yes" if m.peak_rss_mb < MEMORY_TARGET_MB else "NO"
-            lines.append(f"| {m.case} peak memory | {m.peak_rss_mb:,.0f} MB | < {MEMORY_TARGET_MB} MB | {met} |")
-    for m in measurements:  # what the load itself adds: an Airflow worker has paid for the imports already
-        if m.case.startswith("ours_"):
-            added = m.peak_rss_mb - m.rss_after_setup_bytes / 2**20
-            lines.append(f"| {m.case} peak memory above its set-up (imports, connections) | {added:,.0f} MB | | |")
-    if "ours_parquet" in by_case and "naive_pandas" in by_case:
-        ours, naive = by_case["ours_parquet"], by_case["naive_pandas"]
-        lines.append(f"| ours_parquet vs naive_pandas: speed | {naive.seconds / ours.seconds:.1f}x faster | | |")
-        lines.append(f"| ours_parquet vs naive_pandas: peak memory | {naive.peak_rss_mb / ours.peak_rss_mb:.1f}x "
-                     "less | | |")
+    for check in target_checks(measurements, baseline, rows=manifest.rows, baseline_rows=baseline_rows):
+        lines.append(f"| {check.label} | {check.value} | {check.target} | {check.verdict} |")
     lines += ["", "Machine:", "", *machine, *notes, ""]
     return "\n".join(lines)
 
@@ -349,22 +482,26 @@ def write_results(markdown: str, path: Path = RESULTS_PATH) -> None:
 
 
 @contextlib.contextmanager
-def serve_from_sandbox(zip_path: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """Start the Zoho sandbox serving ``zip_path`` as a finished job; yields (job id, download URL).
+def serve_from_sandbox(zip_paths: Sequence[Path], env: dict[str, str]) -> Iterator[list[tuple[str, str]]]:
+    """Start the Zoho sandbox serving each of ``zip_paths`` as a finished job; yields (job id, download URL)
+    for each, in order.
 
-    The zip (GBs at full size) is streamed from disk, so the sandbox is told its folder as ``files_dir``.
-    Adds the sandbox's Airflow connection to ``env``.
+    The zips (GBs at full size) are streamed from disk, so the sandbox is told their folder as
+    ``files_dir``: they must share one. Adds the sandbox's Airflow connection to ``env``.
     """
     from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
-    with ZohoSandbox(files_dir=zip_path.parent) as sandbox:
-        job_id = sandbox.create_job_from_zip(zip_path)
+    folders = {path.parent for path in zip_paths}
+    if len(folders) != 1:
+        raise ValueError(f"the zips must be in one folder, not {sorted(map(str, folders))}")
+    with ZohoSandbox(files_dir=folders.pop()) as sandbox:
+        job_ids = [sandbox.create_job_from_zip(path) for path in zip_paths]
         env.update(sandbox.airflow_connection_env())
         os.environ.update(sandbox.airflow_connection_env())
         from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
-        job = ZohoCrmHook(ZOHO_CONN_ID).get_bulk_write_job(job_id)
-        yield job_id, job["result"]["download_url"]
+        hook = ZohoCrmHook(ZOHO_CONN_ID)
+        yield [(job_id, hook.get_bulk_write_job(job_id)["result"]["download_url"]) for job_id in job_ids]
 
 
 def mint_access_token() -> str:
@@ -384,6 +521,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="sample each case with py-spy (all threads) and print where the time goes; "
                              "implies --no-write")
     parser.add_argument("--no-write", action="store_true", help="print the table but leave results.md alone")
+    parser.add_argument("--baseline-rows", type=int, default=MEMORY_BASELINE_ROWS,
+                        help="the smaller input our sink cases also run on, for the memory-flatness targets "
+                             f"(default {MEMORY_BASELINE_ROWS:,}; only when --rows is larger)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the run at --baseline-rows (the memory-flatness targets read 'not measured')")
     args = parser.parse_args(argv)
     if args.profile:
         find_py_spy()  # fail before the long part
@@ -396,6 +538,11 @@ def main(argv: list[str] | None = None) -> None:
     load_at_start = os.getloadavg()[0]
     zip_path, manifest = ensure_result_zip(args.rows)
     print(f"input: {zip_path} ({manifest.csv_bytes / 1e6:,.1f} MB of CSV, {manifest.rows:,} rows)")
+    baseline_cases = [case for case in cases if case in SINK_CASES]
+    baseline_input: tuple[Path, ResultManifest] | None = None
+    if baseline_cases and not args.no_baseline and args.rows > args.baseline_rows:
+        baseline_input = ensure_result_zip(args.baseline_rows)
+        print(f"memory baseline: {baseline_input[0]} ({args.baseline_rows:,} rows) for {', '.join(baseline_cases)}")
     with tempfile.TemporaryDirectory(prefix="zohobulk-bench-") as scratch:
         scratch_dir = Path(scratch)
         work_dir = scratch_dir / "work"
@@ -412,24 +559,36 @@ def main(argv: list[str] | None = None) -> None:
         env = {**os.environ}
         from tests.fixtures.postgres import throwaway_postgres
 
+        baseline: list[Measurement] = []
         with (
             throwaway_postgres(dbname="zohobulk_bench", synchronous_commit=False) as postgres,
-            serve_from_sandbox(zip_path, env) as (job_id, url),
+            serve_from_sandbox([zip_path, *([baseline_input[0]] if baseline_input else [])], env) as jobs,
         ):
             env.update(postgres.airflow_conn_env(PG_CONN_ID))
             import psycopg
 
             with psycopg.connect(postgres.dsn) as connection:
                 pg_version = connection.execute("SHOW server_version").fetchone()[0]
+            access_token = mint_access_token()
+            (job_id, url), *baseline_jobs = jobs
             measurements = run_benchmark(
                 zip_path=zip_path, manifest=manifest, download_url=url, job_id=job_id,
-                access_token=mint_access_token(), pg_dsn=postgres.dsn, env=env, work_dir=work_dir,
+                access_token=access_token, pg_dsn=postgres.dsn, env=env, work_dir=work_dir,
                 cases=cases, repeat=args.repeat, profile_dir=profile_dir,
             )
+            if baseline_input is not None:
+                (baseline_job_id, baseline_url), = baseline_jobs
+                print(f"the same sinks at {args.baseline_rows:,} rows, for the memory targets")
+                baseline = run_benchmark(
+                    zip_path=baseline_input[0], manifest=baseline_input[1], download_url=baseline_url,
+                    job_id=baseline_job_id, access_token=access_token, pg_dsn=postgres.dsn, env=env,
+                    work_dir=work_dir, cases=baseline_cases, repeat=args.repeat,
+                )
         load_note = (f"- Load average (1 min): {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
                      "(the machine is shared: compare ratios within one run)")
         markdown = render_markdown(measurements, manifest, machine=machine_description(pg_version),
-                                   repeat=args.repeat, notes=[load_note])
+                                   repeat=args.repeat, notes=[load_note], baseline=baseline,
+                                   baseline_rows=args.baseline_rows if baseline else None)
         print(markdown)
         if profile_dir:
             print_profiles(profile_dir)
