@@ -13,19 +13,35 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import zstandard
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.bulk_result import CANONICAL_COLUMNS, canonical_schema, source_type
 from airflow_provider_zohobulk.sinks.formats import CSV_SCHEMA
 
 JOB = "4150868000004979001"
 MEMBER = "Leads-Leads.csv"
 
 
-def canonical_batch(job_id: str, file_name: str, rows: list[dict], first_row_number: int = 1) -> pa.RecordBatch:
+def source_names(rows: list[dict]) -> list[str]:
+    """The mapped columns of a member holding ``rows``: every key of their ``source``, first seen first."""
+    return list(dict.fromkeys(name for row in rows for name in row.get("source") or {}))
+
+
+def member_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` as one CSV member holds them: every ``source`` has all the member's mapped columns, in the
+    same order (:func:`source_names`), a column the row did not name being null."""
+    names = source_names(rows)
+    return [{**row, "source": {name: (row.get("source") or {}).get(name) for name in names}} for row in rows]
+
+
+def canonical_batch(job_id: str, file_name: str, rows: list[dict], first_row_number: int = 1,
+                    names: list[str] | None = None) -> pa.RecordBatch:
     """Build a canonical batch from short row dicts.
 
     Each row dict may hold ``record_id``, ``status``, ``errors`` (list of {code, columns}),
     ``errors_raw`` and ``source`` (dict header -> value); missing keys get the canonical empty value.
+    ``source`` is the struct of the mapped columns ``names`` (by default :func:`source_names` of
+    ``rows``), a column a row does not name being null there (:func:`member_rows`).
     """
+    names = source_names(rows) if names is None else names
     columns = {
         "job_id": [job_id] * len(rows),
         "file_name": [file_name] * len(rows),
@@ -34,9 +50,9 @@ def canonical_batch(job_id: str, file_name: str, rows: list[dict], first_row_num
         "status": [r.get("status", "ADDED") for r in rows],
         "errors": [r.get("errors", []) for r in rows],
         "errors_raw": [r.get("errors_raw") for r in rows],
-        "source": [list((r.get("source") or {}).items()) for r in rows],
+        "source": [{name: (r.get("source") or {}).get(name) for name in names} for r in rows],
     }
-    return pa.RecordBatch.from_pydict(columns, schema=CANONICAL_SCHEMA)
+    return pa.RecordBatch.from_pydict(columns, schema=canonical_schema(source_type(tuple(names))))
 
 
 def sample_rows(count: int, *, seed: int = 0) -> list[dict]:
@@ -67,20 +83,17 @@ def sample_rows(count: int, *, seed: int = 0) -> list[dict]:
 
 def batches_of(rows: list[dict], file_name: str = MEMBER, size: int = 3,
                job_id: str = JOB) -> list[tuple[str, pa.RecordBatch]]:
-    """Rows split into several canonical batches with continuing row numbers, as the core yields them."""
-    pieces = [canonical_batch(job_id, file_name, rows[start:start + size], first_row_number=start + 1)
+    """Rows split into several canonical batches with continuing row numbers, as the core yields them
+    (every batch of the member has the same mapped columns)."""
+    names = source_names(rows)
+    pieces = [canonical_batch(job_id, file_name, rows[start:start + size], first_row_number=start + 1, names=names)
               for start in range(0, len(rows), size)]
     return [(file_name, piece) for piece in pieces or [canonical_batch(job_id, file_name, [])]]
 
 
 def expected_rows(pairs: list[tuple[str, pa.RecordBatch]]) -> list[dict]:
-    """The input as plain Python rows, ``source`` as a dict (as JSON and CSV carry it)."""
-    rows = []
-    for _, batch in pairs:
-        for row in batch.to_pylist():
-            row["source"] = dict(row["source"])
-            rows.append(row)
-    return rows
+    """The input as plain Python rows, ``source`` as a dict (as every format carries it)."""
+    return [row for _, batch in pairs for row in batch.to_pylist()]
 
 
 def decompressed(data: bytes, suffix: str) -> bytes:
@@ -105,7 +118,7 @@ def parse_csv(data: bytes) -> list[dict]:
             strings_can_be_null=True, quoted_strings_can_be_null=False),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
     )
-    assert table.column_names == CANONICAL_SCHEMA.names
+    assert table.column_names == list(CANONICAL_COLUMNS)
     rows = table.to_pylist()
     for row in rows:
         row["errors"] = json.loads(row["errors"])
@@ -117,11 +130,11 @@ def decoded_rows(name: str, data: bytes) -> list[dict]:
     """Rows of an object's bytes, decoded by the extension of its ``name``, ``source`` as a dict."""
     if name.endswith(".parquet"):
         table = pq.read_table(io.BytesIO(data))
-        assert table.schema.equals(CANONICAL_SCHEMA)
-        rows = table.to_pylist()
-        for row in rows:
-            row["source"] = dict(row["source"])
-        return rows
+        source = table.schema.field("source").type
+        if source == pa.null():  # a CSV without mapped columns: Parquet holds no struct without fields
+            return [{**row, "source": {}} for row in table.to_pylist()]
+        assert table.schema.equals(canonical_schema(source))
+        return table.to_pylist()
     plain = decompressed(data, "." + name.rsplit(".", 1)[-1])
     return parse_csv(plain) if ".csv" in name else parse_jsonl(plain)
 

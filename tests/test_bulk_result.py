@@ -18,12 +18,15 @@ import pyarrow as pa
 import pytest
 
 from airflow_provider_zohobulk.bulk_result import (
-    CANONICAL_SCHEMA,
     KNOWN_ERROR_CODES,
+    SOURCE_MAP_TYPE,
     ResultStats,
+    canonical_schema,
     normalise_status,
     parse_errors,
     read_bulk_write_result,
+    source_as_map,
+    source_type,
     to_canonical,
 )
 from airflow_provider_zohobulk.errors import (
@@ -103,6 +106,11 @@ def text_batch(columns: dict[str, list]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({name: pa.array(values, pa.string()) for name, values in columns.items()})
 
 
+def pairs(source: dict) -> list[tuple[str, str | None]]:
+    """A row's ``source`` as (header, value) pairs in its order: the struct's fields keep the header's."""
+    return list(source.items())
+
+
 def test_columns_are_found_by_name_in_any_case_and_order():
     batch = text_batch({
         "errors ": ["INVALID_DATA-Email", None],
@@ -112,13 +120,13 @@ def test_columns_are_found_by_name_in_any_case_and_order():
         "Last_Name": ["Smith", "Jones"],
     })
     canonical = to_canonical(batch, job_id="J1", file_name="Leads.csv", first_row_number=41)
-    assert canonical.schema == CANONICAL_SCHEMA
+    assert canonical.schema == canonical_schema(source_type(("Email", "Last_Name")))
     assert canonical.to_pylist() == [
         {"job_id": "J1", "file_name": "Leads.csv", "row_number": 41, "record_id": "0041508680000053500",
          "status": "ADDED", "errors": [{"code": "INVALID_DATA", "columns": ["Email"]}],
-         "errors_raw": "INVALID_DATA-Email", "source": [("Email", "a@x.com"), ("Last_Name", "Smith")]},
+         "errors_raw": "INVALID_DATA-Email", "source": {"Email": "a@x.com", "Last_Name": "Smith"}},
         {"job_id": "J1", "file_name": "Leads.csv", "row_number": 42, "record_id": None,
-         "status": "SKIPPED", "errors": [], "errors_raw": None, "source": [("Email", None), ("Last_Name", "Jones")]},
+         "status": "SKIPPED", "errors": [], "errors_raw": None, "source": {"Email": None, "Last_Name": "Jones"}},
     ]
 
 
@@ -126,7 +134,7 @@ def test_zoho_status_wins_over_a_mapped_status_column():
     batch = text_batch({"Status": ["Contacted"], "RECORD_ID": ["1"], "STATUS": ["ADDED"], "ERRORS": [None]})
     row = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).to_pylist()[0]
     assert row["status"] == "ADDED"
-    assert row["source"] == [("Status", "Contacted")]
+    assert pairs(row["source"]) == [("Status", "Contacted")]
 
 
 def test_zoho_columns_win_over_mapped_columns_of_the_very_same_name():
@@ -137,7 +145,7 @@ def test_zoho_columns_win_over_mapped_columns_of_the_very_same_name():
     [batch] = list(iter_csv_batches([csv], file_name="Leads.csv"))
     row = to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1).to_pylist()[0]
     assert (row["status"], row["record_id"]) == ("ADDED", "4150868000000001")
-    assert row["source"] == [("Last_Name", "Doe"), ("STATUS", "Active"), ("RECORD_ID", "legacy-7")]
+    assert pairs(row["source"]) == [("Last_Name", "Doe"), ("STATUS", "Active"), ("RECORD_ID", "legacy-7")]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +169,7 @@ def test_zoho_columns_are_the_adjacent_triple_and_namesakes_keep_their_names(hea
     row = to_canonical(batch, job_id="J", file_name="Leads.csv", first_row_number=1).to_pylist()[0]
     assert (row["record_id"], row["status"], row["errors_raw"]) == ("4150868000000001", "ADDED", "INVALID_DATA-Email")
     source_at = [n for n in range(len(names)) if not zoho_at <= n < zoho_at + 3]
-    assert row["source"] == [(name, f"mapped-{n}") for name, n in zip(source_names, source_at, strict=True)]
+    assert pairs(row["source"]) == [(name, f"mapped-{n}") for name, n in zip(source_names, source_at, strict=True)]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +211,7 @@ def test_sandbox_result_with_a_mapped_status_column_loads_zohos_status(zoho_sand
                       else b"Last_Name,STATUS,Email,RECORD_ID,STATUS,ERRORS")
     rows = [row for _, batch in read_bulk_write_result([archive], job_id=job_id) for row in batch.to_pylist()]
     uploaded = [row for row in csv_module.reader(io.StringIO(upload.decode(), newline="")) if row][1:]
-    assert [row["source"] for row in rows] == [
+    assert [pairs(row["source"]) for row in rows] == [
         [("Last_Name", last or None), ("STATUS", status or None), ("Email", email or None)]
         for last, status, email, *_ in uploaded]
     counts = zoho_sandbox.job_details(job_id)["resource"][0]["file"]
@@ -224,16 +232,39 @@ def test_missing_record_id_and_errors_columns_are_tolerated():
     batch = text_batch({"STATUS": ["ADDED", "UNPROCESSED"], "Email": ["a", "b"]})
     rows = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).to_pylist()
     assert [(r["record_id"], r["errors"], r["errors_raw"], r["source"]) for r in rows] == [
-        (None, [], None, [("Email", "a")]), (None, [], None, [("Email", "b")])]
+        (None, [], None, {"Email": "a"}), (None, [], None, {"Email": "b"})]
 
 
 def test_zero_rows_and_no_source_columns():
     empty = to_canonical(text_batch({"Email": [], "STATUS": []}), job_id="J", file_name="f.csv", first_row_number=1)
     assert empty.num_rows == 0
-    assert empty.schema == CANONICAL_SCHEMA
-    bare = to_canonical(text_batch({"STATUS": ["ADDED"]}), job_id="J", file_name="f.csv", first_row_number=7)
-    assert bare.to_pylist()[0]["source"] == []
-    assert bare.to_pylist()[0]["row_number"] == 7
+    assert empty.schema == canonical_schema(source_type(("Email",)))
+    bare = to_canonical(text_batch({"STATUS": ["ADDED", "SKIPPED"]}), job_id="J", file_name="f.csv",
+                        first_row_number=7)
+    assert bare.schema == canonical_schema(source_type(()))
+    assert [(row["row_number"], row["source"]) for row in bare.to_pylist()] == [(7, {}), (8, {})]
+
+
+def test_source_is_a_struct_of_the_decoded_columns_without_a_copy():
+    batch = text_batch({"Email": ["a@x.com", None], "STATUS": ["ADDED", "SKIPPED"], "Last_Name": ["Smith", "Ng"]})
+    source = to_canonical(batch, job_id="J", file_name="f.csv", first_row_number=1).column("source")
+    assert source.type == pa.struct([("Email", pa.string()), ("Last_Name", pa.string())])
+    for field_at, column_at in ((0, 0), (1, 2)):  # the same value buffers: no value was copied
+        assert source.field(field_at).buffers()[2].address == batch.column(column_at).buffers()[2].address
+
+
+def test_source_as_map_keeps_header_order_null_values_null_rows_and_slices():
+    """DuckDBSink's table holds ``source`` as a MAP: the struct converted, nothing lost or reordered."""
+    source = pa.StructArray.from_arrays([pa.array(["b1", None, "b3"]), pa.array(["a1", "a2", None])],
+                                        fields=list(source_type(("B", "A"))), mask=pa.array([False, True, False]))
+    as_map = source_as_map(source)
+    assert as_map.type == SOURCE_MAP_TYPE
+    assert as_map.to_pylist() == [[("B", "b1"), ("A", "a1")], None, [("B", "b3"), ("A", None)]]
+    assert source_as_map(source.slice(1)).to_pylist() == [None, [("B", "b3"), ("A", None)]]
+    assert source_as_map(source.slice(3)).to_pylist() == []
+    no_columns = to_canonical(text_batch({"STATUS": ["ADDED", "ADDED"]}), job_id="J", file_name="f.csv",
+                              first_row_number=1).column("source")
+    assert source_as_map(no_columns).to_pylist() == [[], []]
 
 
 def test_same_rows_as_the_shared_test_helper_builds():
@@ -271,16 +302,20 @@ def test_pipeline_over_several_members_with_different_columns():
     names = [name for name, _ in results]
     assert names[0] == "Leads-bulkwrite.csv" and names[-2:] == ["Contacts-bulkwrite.csv", "Deals-bulkwrite.csv"]
     assert names.count("Leads-bulkwrite.csv") > 1  # a block is at least block_size, at most that plus a chunk
-    assert all(batch.schema == CANONICAL_SCHEMA for _, batch in results)
+    source_columns = {name: tuple(batch.schema.field("source").type.names) for name, batch in results}
+    assert source_columns == {"Leads-bulkwrite.csv": ("Last_Name", "Email", "Company"),
+                              "Contacts-bulkwrite.csv": ("First_Name",),
+                              "Deals-bulkwrite.csv": ("Last_Name", "Email", "Company")}
+    assert all(batch.schema == canonical_schema(source_type(source_columns[name])) for name, batch in results)
     leads_rows = [row for name, batch in results if name == "Leads-bulkwrite.csv" for row in batch.to_pylist()]
     assert [row["row_number"] for row in leads_rows] == list(range(1, 4001))
-    assert leads_rows[2]["source"] == [("Last_Name", 'Quote "q"'), ("Email", "line\nbreak@example.com"),
-                                       ("Company", "Zürich ☃")]
+    assert pairs(leads_rows[2]["source"]) == [("Last_Name", 'Quote "q"'), ("Email", "line\nbreak@example.com"),
+                                              ("Company", "Zürich ☃")]
     assert leads_rows[2]["record_id"] == "0041508680000053500"
     contacts_rows = [row for name, batch in results if name == "Contacts-bulkwrite.csv" for row in batch.to_pylist()]
     assert contacts_rows == [{"job_id": "4150868000005350003", "file_name": "Contacts-bulkwrite.csv", "row_number": 1,
                               "record_id": "1", "status": "UPDATED", "errors": [], "errors_raw": None,
-                              "source": [("First_Name", "Ann")]}]
+                              "source": {"First_Name": "Ann"}}]
     assert [batch.num_rows for name, batch in results if name == "Deals-bulkwrite.csv"] == [0]
 
 

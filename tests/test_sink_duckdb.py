@@ -64,6 +64,24 @@ def test_first_load_creates_the_table_and_keeps_every_field(database: Path) -> N
     assert indexed == (0,)  # unique by construction: an in-memory key index grows with the load
 
 
+def test_members_with_different_mapped_columns_share_the_map_column(database: Path) -> None:
+    """Each CSV's ``source`` is a struct of its own columns, and the INSERT reads one stream of one
+    schema: every batch's struct becomes the table's MAP, keys in header order, null values kept."""
+    leads = batches_of(sample_rows(5), "Leads-Leads.csv", size=2)
+    deals = batches_of([{"source": {"Deal_Name": "Big", "Amount": None}}], "Deals-Deals.csv")
+    notes = batches_of([{"status": "SKIPPED"}], "Notes-Notes.csv")  # no mapped column at all
+    load_batches(DuckDBSink(str(database)), JOB, leads + deals + notes)
+    with duckdb.connect(str(database), read_only=True) as con:
+        found = con.execute("SELECT file_name, row_number, map_keys(source), map_values(source) "
+                            "FROM zoho_bulk_write_results ORDER BY file_name, row_number").fetchall()
+        amount = con.execute("SELECT source['Deal_Name'], source['Amount'] FROM zoho_bulk_write_results "
+                             "WHERE file_name = 'Deals-Deals.csv'").fetchone()
+    assert found == sorted((row["file_name"], row["row_number"], list(row["source"]), list(row["source"].values()))
+                           for row in expected_rows(leads + deals + notes))
+    assert [keys for name, _, keys, _ in found if name == "Notes-Notes.csv"] == [[]]
+    assert amount == ("Big", None)
+
+
 def test_rerun_replaces_the_jobs_rows_and_other_jobs_stay(database: Path) -> None:
     sink = DuckDBSink(str(database))
     load_batches(sink, JOB, batches_of(sample_rows(9)))

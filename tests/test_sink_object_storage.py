@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.bulk_result import CANONICAL_COLUMNS, canonical_schema, source_type
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink, local_path, member_stem
@@ -85,7 +85,7 @@ def test_parquet_round_trip_keeps_the_canonical_schema(tmp_path: Path, rows: lis
     target = tmp_path / "out.parquet"
     load_batches(ObjectStorageSink(str(target), parquet_codec=codec), JOB, pairs)
     table = pq.read_table(target)
-    assert table.schema.equals(CANONICAL_SCHEMA)
+    assert table.schema.equals(canonical_schema(source_type(("Last_Name", "Email", "Company"))))
     assert table.to_pylist() == [row for _, batch in pairs for row in batch.to_pylist()]
     assert pq.ParquetFile(target).metadata.row_group(0).column(0).compression.lower() == codec
 
@@ -93,12 +93,13 @@ def test_parquet_round_trip_keeps_the_canonical_schema(tmp_path: Path, rows: lis
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl.gz"])
 def test_header_only_member_gives_a_valid_empty_file(tmp_path: Path, suffix: str) -> None:
     target = tmp_path / f"empty{suffix}"
-    load_batches(ObjectStorageSink(str(target)), JOB, batches_of([]))
+    header_only = canonical_batch(JOB, MEMBER, [], names=["Last_Name", "Email"])
+    load_batches(ObjectStorageSink(str(target)), JOB, [(MEMBER, header_only)])
     if suffix == ".parquet":
         table = pq.read_table(target)
-        assert table.num_rows == 0 and table.schema.equals(CANONICAL_SCHEMA)
+        assert table.num_rows == 0 and table.schema.equals(header_only.schema)  # the columns, even without rows
     elif suffix == ".csv":
-        assert target.read_text() == ",".join(f'"{name}"' for name in CANONICAL_SCHEMA.names) + "\n"
+        assert target.read_text() == ",".join(f'"{name}"' for name in CANONICAL_COLUMNS) + "\n"
     else:
         assert read_jsonl(target) == []
 
@@ -108,6 +109,9 @@ def test_archive_without_csv_members_still_replaces_the_single_destination(tmp_p
     target.write_text("old")
     assert load_batches(ObjectStorageSink(str(target)), JOB, []) == [str(target)]
     assert read_csv(target) == []
+    parquet = tmp_path / "out.parquet"  # no member, so no mapped columns: source is a column of nulls
+    assert load_batches(ObjectStorageSink(str(parquet)), JOB, []) == [str(parquet)]
+    assert pq.read_table(parquet).schema.field("source").type == pa.null()
     per_file = ObjectStorageSink(str(tmp_path / "{file}.csv"))
     assert load_batches(per_file, JOB, []) == []
 
@@ -123,11 +127,16 @@ def test_file_placeholder_writes_one_file_per_member(tmp_path: Path, rows: list[
     assert sink.asset_uri == f"file://{tmp_path}/nested/{{file}}.jsonl"
 
 
-def test_several_members_without_placeholder_fail_and_publish_nothing(tmp_path: Path, rows: list[dict]) -> None:
+@pytest.mark.parametrize("second_columns", ["same", "other"])
+def test_several_members_without_placeholder_fail_and_publish_nothing(
+        tmp_path: Path, rows: list[dict], second_columns: str) -> None:
+    """One object per CSV: a Parquet file's ``source`` is the struct of one CSV's columns, and members
+    with the same columns would still overwrite each other's rows, so both cases are refused."""
     target = tmp_path / "out.parquet"
     pq.write_table(pa.table({"old": [1]}), target)
     before = target.read_bytes()
-    pairs = batches_of(rows[:5], "Leads-Leads.csv") + batches_of(rows[5:], "Contacts-Contacts.csv")
+    contacts = rows[5:] if second_columns == "same" else [{"source": {"First_Name": "Ann"}}]
+    pairs = batches_of(rows[:5], "Leads-Leads.csv") + batches_of(contacts, "Contacts-Contacts.csv")
     with pytest.raises(SinkConfigurationError) as caught:
         load_batches(ObjectStorageSink(str(target)), JOB, pairs)
     message = str(caught.value)
@@ -311,3 +320,75 @@ def test_gcs_chunk_size_must_be_a_multiple_of_256_kib():
     sink = ObjectStorageSink("gs://bucket/{file}.csv", transport_params={"client": object(), "min_part_size": 300_000})
     with pytest.raises(SinkConfigurationError, match="multiple of 256 KiB"):
         sink.open("J1")
+
+
+# --- source: a struct of the CSV's mapped columns -----------------------------------------------------
+
+
+def test_parquet_source_is_a_struct_with_a_column_per_mapped_column(tmp_path: Path, rows: list[dict]) -> None:
+    """Each file has its CSV's columns as ``source``'s fields, in header order: engines read
+    ``source.Email`` as a Parquet column of its own."""
+    leads = batches_of(rows, "Leads-Leads.csv")
+    deals = batches_of([{"source": {"Deal_Name": "Big", "Amount": "10.5"}}, {"source": {"Deal_Name": None}}],
+                       "Deals-Deals.csv")
+    load_batches(ObjectStorageSink(str(tmp_path / "{file}.parquet")), JOB, leads + deals)
+    leads_file, deals_file = tmp_path / "Leads-Leads.parquet", tmp_path / "Deals-Deals.parquet"
+    assert pq.read_schema(leads_file).field("source").type == pa.struct(
+        [("Last_Name", pa.string()), ("Email", pa.string()), ("Company", pa.string())])
+    assert pq.read_schema(deals_file).field("source").type == pa.struct(
+        [("Deal_Name", pa.string()), ("Amount", pa.string())])
+    leaves = [column.path for column in pq.ParquetFile(leads_file).schema]
+    assert [leaf for leaf in leaves if leaf.startswith("source.")] == [
+        "source.Last_Name", "source.Email", "source.Company"]
+    found = duckdb.connect().execute(
+        "SELECT source.Email FROM read_parquet(?) WHERE source.Company IS NULL ORDER BY row_number",
+        [str(leads_file)]).fetchall()
+    assert found == [(row["source"]["Email"],) for row in expected_rows(leads) if row["source"]["Company"] is None]
+    assert pq.read_table(deals_file).column("source").to_pylist() == [
+        {"Deal_Name": "Big", "Amount": "10.5"}, {"Deal_Name": None, "Amount": None}]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_csv_without_mapped_columns_is_written_in_every_format(tmp_path: Path, suffix: str) -> None:
+    """A result of only RECORD_ID, STATUS, ERRORS is valid: JSON and CSV hold ``{}``; Parquet cannot
+    store a struct without fields (pyarrow refuses to write one), so there ``source`` is a column of
+    nulls."""
+    bare = [{"record_id": "1", "status": "ADDED"}, {"status": "SKIPPED", "errors_raw": "CANNOT_PROCESS"}]
+    pairs = batches_of(bare, size=1)
+    assert pairs[0][1].schema.field("source").type == pa.struct([])
+    target = tmp_path / f"out{suffix}"
+    load_batches(ObjectStorageSink(str(target)), JOB, pairs)
+    if suffix == ".parquet":
+        table = pq.read_table(target)
+        assert table.schema.field("source").type == pa.null() and table.column_names == list(CANONICAL_COLUMNS)
+        assert table.to_pylist() == [{**row, "source": None} for row in expected_rows(pairs)]
+    else:
+        written = read_csv(target) if suffix == ".csv" else read_jsonl(target)
+        assert written == expected_rows(pairs) and [row["source"] for row in written] == [{}, {}]
+
+
+def test_a_parquet_file_refuses_a_batch_of_other_columns(tmp_path: Path, rows: list[dict]) -> None:
+    """The core gives every batch of a CSV the same columns; batches from elsewhere that change them
+    midway cannot share one Parquet schema: refused, and nothing is published."""
+    target = tmp_path / "out.parquet"
+    first = canonical_batch(JOB, MEMBER, rows[:2])
+    other = canonical_batch(JOB, MEMBER, [{"source": {"Email": "x@example.com"}}], first_row_number=3)
+    with pytest.raises(SinkError, match=r"\['Last_Name', 'Email', 'Company'\].*\['Email'\]") as caught:
+        load_batches(ObjectStorageSink(str(target)), JOB, [(MEMBER, first), (MEMBER, other)])
+    assert caught.value.file_name == MEMBER and caught.value.job_id == JOB
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("source", "complaint"), [
+    (pa.array([[("Email", "x")]], pa.map_(pa.string(), pa.string())), "not a struct of string fields"),
+    (pa.array([{"Amount": 1}], pa.struct([("Amount", pa.int64())])), r"fields \['Amount'\] are not strings"),
+    (pa.StructArray.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["Email", "Email"]),
+     r"repeats the field names \['Email'\]"),
+])
+def test_a_batch_whose_source_is_not_a_struct_of_text_is_refused(
+        tmp_path: Path, rows: list[dict], source: pa.Array, complaint: str) -> None:
+    batch = canonical_batch(JOB, MEMBER, rows[:1])
+    batch = batch.set_column(batch.schema.get_field_index("source"), pa.field("source", source.type), source)
+    with pytest.raises(SinkError, match=complaint):
+        load_batches(ObjectStorageSink(str(tmp_path / "out.jsonl")), JOB, [(MEMBER, batch)])
+    assert os.listdir(tmp_path) == []

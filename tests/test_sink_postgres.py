@@ -14,7 +14,7 @@ import pytest
 from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.sql import SqlSink
-from tests.helpers import canonical_batch, sample_rows
+from tests.helpers import canonical_batch, member_rows, sample_rows
 
 pytestmark = pytest.mark.postgres
 
@@ -70,7 +70,7 @@ AWKWARD = [
 
 
 def test_round_trip_keeps_every_field(pg_conn_env, db, pg_table_name):
-    rows = sample_rows(9) + AWKWARD
+    rows = member_rows(sample_rows(9) + AWKWARD)  # one CSV: every row has all its mapped columns
     written = load(pg_table_name, "J1", {"Leads_1.csv": rows, "Leads_2.csv": sample_rows(3, seed=1)}, batch_rows=4)
 
     assert written == [f"postgres://127.0.0.1:{pg_conn_env.port}/{pg_conn_env.dbname}/public/{pg_table_name}"]

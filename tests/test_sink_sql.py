@@ -11,12 +11,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from airflow_provider_zohobulk.bulk_result import source_type
 from airflow_provider_zohobulk.errors import CorruptArchiveError, SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import load_batches
 from airflow_provider_zohobulk.sinks.formats import errors_to_json, source_to_json
 from airflow_provider_zohobulk.sinks.identifiers import quote_ident, quote_table_name, split_table_name
 from airflow_provider_zohobulk.sinks.sql import SqlSink
-from tests.helpers import canonical_batch, sample_rows
+from tests.helpers import canonical_batch, member_rows, sample_rows
 
 CONN_ID = "zoho_sqlite_results"
 TABLE = "zoho_bulk_write_results"
@@ -56,7 +57,9 @@ def load(job_id: str, files: dict[str, list[dict]], table: str = TABLE, **kwargs
 
 
 def test_sqlite_round_trip(sqlite_db):
-    rows = [*sample_rows(7), {"record_id": "", "source": {"Größe": "a\x01b", "Empty": ""}, "errors_raw": ""}]
+    # One CSV: every row has all five mapped columns, the first seven rows null in the last two.
+    rows = member_rows([*sample_rows(7),
+                        {"record_id": "", "source": {"Größe": "a\x01b", "Empty": ""}, "errors_raw": ""}])
     written = load("J1", {"a.csv": rows, "b.csv": sample_rows(2)}, batch_rows=3)
     assert written == [f"sqlite://{CONN_ID}/{TABLE}"]
     assert read_rows(sqlite_db) == expected_rows("J1", "a.csv", rows) + expected_rows("J1", "b.csv", sample_rows(2))
@@ -216,6 +219,18 @@ def test_json_encoding_matches_the_values_on_slices_and_nulls():
         errors = errors_to_json(piece.column("errors")).to_pylist()
         sources = source_to_json(piece.column("source")).to_pylist()
         assert [json.loads(text) for text in errors] == piece.column("errors").to_pylist()
-        assert [json.loads(text) for text in sources] == [dict(pairs) for pairs in piece.column("source").to_pylist()]
+        # Objects with the struct's keys in header order (dicts from json.loads keep the text's order).
+        assert [list(json.loads(text).items()) for text in sources] == [
+            list(source.items()) for source in piece.column("source").to_pylist()]
     nullable = pa.array([[{"code": "A", "columns": []}], None, []], batch.schema.field("errors").type)
     assert errors_to_json(nullable.slice(1)).to_pylist() == [None, "[]"]
+
+
+def test_source_json_is_exact_for_null_rows_awkward_keys_and_no_mapped_columns():
+    fields = list(source_type(("A", 'q"uote')))
+    source = pa.StructArray.from_arrays([pa.array(["1", None, "3"]), pa.array([None, "x", "é\n"])], fields=fields,
+                                        mask=pa.array([False, True, False]))
+    assert source_to_json(source).to_pylist() == ['{"A":"1","q\\"uote":null}', None, '{"A":"3","q\\"uote":"é\\n"}']
+    assert source_to_json(source.slice(1)).to_pylist() == [None, '{"A":"3","q\\"uote":"é\\n"}']
+    no_columns = canonical_batch("J", "a.csv", [{}, {}]).column("source")
+    assert no_columns.type == pa.struct([]) and source_to_json(no_columns).to_pylist() == ["{}", "{}"]

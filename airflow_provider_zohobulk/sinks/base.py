@@ -22,7 +22,8 @@ from airflow_provider_zohobulk.errors import SinkError
 
 
 class ResultSink(abc.ABC):
-    """A destination for canonical Bulk Write result batches (see ``bulk_result.CANONICAL_SCHEMA``)."""
+    """A destination for canonical Bulk Write result batches (see ``bulk_result.canonical_schema``: the
+    same columns for every batch, ``source`` a struct of the CSV member's own mapped columns)."""
 
     template_fields: ClassVar[tuple[str, ...]] = ()
 

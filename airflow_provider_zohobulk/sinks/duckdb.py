@@ -47,7 +47,7 @@ from urllib.parse import quote
 import duckdb
 import pyarrow as pa
 
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.bulk_result import SOURCE_MAP_TYPE, canonical_schema, source_as_map
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception
 from airflow_provider_zohobulk.sinks.formats import conform_batch
@@ -67,6 +67,9 @@ _BATCHES_AHEAD = 2
 _HAND_OVER_POLL_S = 0.5
 _END = object()
 _ABORT = object()
+#: What the INSERT reads: one Arrow stream has one schema, so ``source`` arrives as the table's MAP,
+#: whatever the struct of mapped columns of each CSV (:meth:`_DuckDBLoad.write` converts it).
+_STREAM_SCHEMA = canonical_schema(SOURCE_MAP_TYPE)
 
 _COLUMN_TYPES: dict[str, str] = {
     "job_id": "VARCHAR NOT NULL",
@@ -79,7 +82,7 @@ _COLUMN_TYPES: dict[str, str] = {
     "source": "MAP(VARCHAR, VARCHAR) NOT NULL",
     "loaded_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
 }
-assert list(_COLUMN_TYPES)[:-1] == CANONICAL_SCHEMA.names  # the table follows the canonical layout
+assert list(_COLUMN_TYPES)[:-1] == _STREAM_SCHEMA.names  # the table follows the canonical layout
 
 
 class DuckDBSink(StagedSink):
@@ -148,7 +151,7 @@ class _Insert:
         self.connection = connection
         self.incoming: queue.Queue[Any] = queue.Queue(maxsize=_BATCHES_AHEAD)
         self.error: BaseException | None = None
-        connection.register(_INCOMING, pa.RecordBatchReader.from_batches(CANONICAL_SCHEMA, self._batches()))
+        connection.register(_INCOMING, pa.RecordBatchReader.from_batches(_STREAM_SCHEMA, self._batches()))
         self.thread = threading.Thread(target=self._run, args=(sql, parameters), name=name, daemon=True)
         self.thread.start()
 
@@ -231,7 +234,7 @@ class _DuckDBLoad(StagedLoad):
         self.job_id = job_id
         self.lock_timeout = lock_timeout
         self.loaded_at = datetime.now(timezone.utc)
-        columns = ", ".join(quote_ident(name, "duckdb") for name in CANONICAL_SCHEMA.names)
+        columns = ", ".join(quote_ident(name, "duckdb") for name in _STREAM_SCHEMA.names)
         self.insert_sql = (f"INSERT INTO {self.qualified} ({columns}, {quote_ident('loaded_at', 'duckdb')}) "
                            f"SELECT {columns}, ? FROM {_INCOMING}")
         self.connection: duckdb.DuckDBPyConnection | None = None
@@ -287,7 +290,7 @@ class _DuckDBLoad(StagedLoad):
         if not batch.num_rows:
             return
         try:
-            self.insert.hand_over(batch)
+            self.insert.hand_over(_with_source_as_map(batch))
         except Exception as exc:
             self.abort()
             raise self._failure("inserting rows into", exc, file_name) from exc
@@ -356,6 +359,14 @@ class _DuckDBLoad(StagedLoad):
             f"{action} DuckDB table {self.table!r} in {self.database!r} failed, nothing was changed: "
             f"{describe_exception(exc)}",
             job_id=self.job_id, file_name=file_name)
+
+
+def _with_source_as_map(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A canonical batch in the stream's layout (:data:`_STREAM_SCHEMA`): its ``source`` struct as a map."""
+    source_at = batch.schema.get_field_index("source")
+    return pa.RecordBatch.from_arrays(
+        [source_as_map(column) if index == source_at else column for index, column in enumerate(batch.columns)],
+        schema=_STREAM_SCHEMA)
 
 
 def _local_path(database: str) -> str:

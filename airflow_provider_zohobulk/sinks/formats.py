@@ -1,14 +1,17 @@
 """File formats for canonical result batches: Parquet, CSV and JSON Lines, written batch by batch.
 
-Every encoder writes the columns of ``bulk_result.CANONICAL_SCHEMA`` in that order, one output row per
+Every encoder writes the columns of ``bulk_result.CANONICAL_COLUMNS`` in that order, one output row per
 result row, and keeps nothing but the current batch in memory. How each format carries the nested
 columns ``errors`` (a list of ``{code, columns}``) and ``source`` (the mapped CSV columns, header ->
 value):
 
-**Parquet** (``.parquet``): the canonical Arrow schema as it is. ``errors`` is
-``list<struct<code: string, columns: list<string>>>`` (an empty list when the row has no error),
-``source`` is ``map<string, string>`` whose entries keep the CSV's column order; an empty CSV cell,
-quoted or not, is a null (the decoder cannot tell ``""`` from a missing value). Row groups follow
+**Parquet** (``.parquet``): the canonical Arrow schema of the CSV member as it is, so the schema is
+per file. ``errors`` is ``list<struct<code: string, columns: list<string>>>`` (an empty list when the
+row has no error), ``source`` is ``struct<...>`` with one ``string`` field per mapped column of that
+CSV, in header order (``struct<Last_Name: string, Email: string, Company: string>``), so engines read
+``source.Email`` as a column of its own; an empty CSV cell, quoted or not, is a null (the decoder
+cannot tell ``""`` from a missing value). A CSV without any mapped column has ``source`` as a column
+of nulls (Arrow type ``null``): Parquet cannot store a struct without fields. Row groups follow
 the incoming batches (about 1 MiB of CSV each). The file is compressed by Parquet's own codec
 (zstd by default), never by the file name: ``.parquet.gz`` is refused, because readers expect a
 plain Parquet file.
@@ -21,7 +24,8 @@ canonical order::
      "errors_raw":"MANDATORY_NOT_FOUND-Company,Last_Name","source":{"Last_Name":null,"Company":null}}
 
 ``row_number`` is a JSON number, every other scalar a JSON string or ``null``; ``errors`` is an array
-of objects (``[]`` when none) and ``source`` an object. Non-ASCII text is written as is (not
+of objects (``[]`` when none) and ``source`` an object whose keys are the mapped columns in header
+order (``{}`` when there are none). Non-ASCII text is written as is (not
 ``\\u``-escaped); newlines and quotes inside values are escaped, so a line is always one row.
 
 **CSV** (``.csv``): RFC 4180 with a header row and ``\\n`` line ends. Columns: ``job_id``,
@@ -59,7 +63,12 @@ from airflow_provider_zohobulk.arrow_values import (
     string_array,
 )
 from airflow_provider_zohobulk.arrow_values import string_scalar as lit  # short: JSON is built of many literals
-from airflow_provider_zohobulk.bulk_result import CANONICAL_SCHEMA
+from airflow_provider_zohobulk.bulk_result import (
+    CANONICAL_COLUMNS,
+    canonical_schema,
+    check_source_type,
+    source_type,
+)
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 
 PARQUET, CSV, JSONL = "parquet", "csv", "jsonl"
@@ -75,13 +84,15 @@ PARQUET_CODECS: tuple[str, ...] = ("zstd", "snappy", "gzip", "brotli", "lz4", "n
 CSV_SCHEMA = pa.schema(
     [
         pa.field(field.name, pa.string(), nullable=field.nullable) if field.name in ("errors", "source") else field
-        for field in CANONICAL_SCHEMA
+        for field in canonical_schema(pa.string())
     ]
 )
+#: ``source``'s type for a CSV without mapped columns, and for output written before any batch came.
+NO_SOURCE_COLUMNS = source_type(())
 
 
 # --- nested columns as JSON text ---------------------------------------------------------------------
-# Turning ``errors`` (list of structs) and ``source`` (map) into JSON is the hot spot of CSV, JSON Lines
+# Turning ``errors`` (list of structs) and ``source`` (struct) into JSON is the hot spot of CSV, JSON Lines
 # and the SQL sink: ``to_pylist`` + ``json.dumps`` costs more than a PostgreSQL COPY itself. Built here
 # with Arrow kernels over the flattened children instead (quote every string, join per row by the list
 # offsets): about ten times faster on 100k rows; only strings holding rare control characters go through
@@ -149,14 +160,26 @@ def errors_to_json(errors: pa.ListArray) -> pa.Array:
     return _join_per_row(errors, offsets, entry_json, "[", "]")
 
 
-def source_to_json(source: pa.MapArray) -> pa.Array:
-    """``{"header": "value", ...}`` per row (null values stay JSON null); a null row stays null."""
-    offsets, used = _children(source)
-    # Keys are the few CSV headers repeated on every row: encode each distinct header once.
-    headers = pc.dictionary_encode(source.keys[used])
-    keys_json = pc.take(json_string_literals(headers.dictionary), headers.indices)
-    pairs = pc.binary_join_element_wise(keys_json, lit(":"), json_string_literals(source.items[used]), lit(""))
-    return _join_per_row(source, offsets, pairs, "{", "}")
+def source_to_json(source: pa.StructArray) -> pa.Array:
+    """``{"header": "value", ...}`` per row, keys in the struct's (header) order, null values as JSON
+    null; a null row stays null.
+
+    One element-wise join of each field's values as JSON literals between constant ``{"header":`` and
+    ``,"header":`` texts: no per-row list of entries to gather and join, as a map needed.
+    """
+    names = [field.name for field in source.type]
+    if not names:
+        joined = pa.repeat(lit("{}"), len(source))
+    else:
+        openers = string_array(["{", *[","] * (len(names) - 1)])
+        keys = pc.binary_join_element_wise(openers, json_string_literals(string_array(names)), lit(":"), lit(""))
+        parts: list[pa.Scalar | pa.Array] = []
+        for index in range(len(names)):  # field(i): the values as stored, sliced with the struct
+            parts += [keys[index], json_string_literals(source.field(index))]
+        joined = pc.binary_join_element_wise(*parts, lit("}"), lit(""))
+    if source.null_count:
+        joined = pc.if_else(source.is_null(), null_scalar(pa.string()), joined)
+    return joined
 
 
 def check_format(format_name: str) -> str:
@@ -169,20 +192,26 @@ def check_format(format_name: str) -> str:
 
 
 def conform_batch(batch: pa.RecordBatch, *, job_id: str, file_name: str, destination: str) -> pa.RecordBatch:
-    """``batch`` with exactly the canonical columns in canonical order, or a SinkError saying what differs.
+    """``batch`` with exactly the canonical columns in canonical order, or a SinkError saying what differs:
+    every column has its canonical type but ``source``, which must be a struct of string fields with
+    distinct names (:func:`~airflow_provider_zohobulk.bulk_result.check_source_type`).
 
     Sinks check this because a batch from elsewhere (another version, a hand-built one) would otherwise
     write a file or table of a different shape, or rows of another job, without any error.
     """
-    if not batch.schema.equals(CANONICAL_SCHEMA):
-        missing = [name for name in CANONICAL_SCHEMA.names if name not in batch.schema.names]
-        wrong = [field.name for field in CANONICAL_SCHEMA
-                 if field.name in batch.schema.names and batch.schema.field(field.name).type != field.type]
-        if missing or wrong:
+    at = {name: batch.schema.get_field_index(name) for name in CANONICAL_COLUMNS}  # -1: missing or repeated
+    missing = [name for name, index in at.items() if index < 0]
+    source = batch.schema.field(at["source"]).type if at["source"] >= 0 else NO_SOURCE_COLUMNS
+    source_problem = check_source_type(source)
+    expected = canonical_schema(source)
+    if missing or source_problem or not batch.schema.equals(expected):
+        wrong = [field.name for field in expected if field.name != "source" and at[field.name] >= 0
+                 and batch.schema.field(at[field.name]).type != field.type]
+        if missing or wrong or source_problem:
             raise SinkError(f"batch for {destination!r} does not have the canonical layout (missing {missing}, "
-                            f"other types {wrong})", job_id=job_id, file_name=file_name)
-        batch = pa.RecordBatch.from_arrays([batch.column(name) for name in CANONICAL_SCHEMA.names],
-                                           schema=CANONICAL_SCHEMA)
+                            f"other types {wrong}{'; ' + source_problem if source_problem else ''})",
+                            job_id=job_id, file_name=file_name)
+        batch = pa.RecordBatch.from_arrays([batch.column(index) for index in at.values()], schema=expected)
     if batch.num_rows and not pc.all(pc.equal(batch.column("job_id"), lit(job_id))).as_py():
         raise SinkError(f"batch for {destination!r} holds rows of another job than the one opened",
                         job_id=job_id, file_name=file_name)
@@ -202,7 +231,7 @@ def to_csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         errors_to_json(batch.column("errors")) if name == "errors"
         else source_to_json(batch.column("source")) if name == "source"
         else batch.column(name)
-        for name in CANONICAL_SCHEMA.names
+        for name in CANONICAL_COLUMNS
     ]
     return pa.RecordBatch.from_arrays(columns, schema=CSV_SCHEMA)
 
@@ -220,7 +249,7 @@ def encode_jsonl(batch: pa.RecordBatch) -> pa.Buffer:
     if batch.num_rows == 0:
         return pa.py_buffer(b"")
     parts: list[str | pa.Array] = []
-    for index, name in enumerate(CANONICAL_SCHEMA.names):
+    for index, name in enumerate(CANONICAL_COLUMNS):
         parts.append(("{" if index == 0 else ",") + f'"{name}":')
         column = batch.column(name)
         if name == "errors":
@@ -261,28 +290,64 @@ class BatchEncoder(abc.ABC):
 #: larger file (13.3 MB instead of 16.1 MB per million rows with this list).
 PARQUET_DICTIONARY_COLUMNS: tuple[str, ...] = (
     "job_id", "file_name", "status", "errors_raw",
-    "errors.list.element.code", "errors.list.element.columns.list.element", "source.key_value.key",
+    "errors.list.element.code", "errors.list.element.columns.list.element",
 )
 #: Columns whose min/max statistics can prune a read; those of unique text (record ids, mapped values)
 #: cannot, and computing them costs about a tenth of the encoder's CPU.
 PARQUET_STATISTICS_COLUMNS: tuple[str, ...] = ("job_id", "file_name", "row_number", "status")
 
 
+#: How Parquet stores ``source`` when it has no field (see :class:`ParquetEncoder`).
+NULL_SOURCE = pa.field("source", pa.null())
+
+
+def has_no_source_columns(schema: pa.Schema) -> bool:
+    """Whether a canonical schema's ``source`` has no field: its CSV has no mapped column."""
+    return schema.field("source").type == NO_SOURCE_COLUMNS
+
+
 class ParquetEncoder(BatchEncoder):
-    """Parquet with the canonical schema; one row group per incoming batch."""
+    """Parquet with the canonical schema of the batches, one row group per incoming batch.
+
+    The file's schema is the first batch's: ``source`` is a struct of one CSV member's mapped columns,
+    so a file holds batches of that one set of columns only. A ``source`` without fields (a CSV
+    without mapped columns) is written as a column of Arrow type ``null``: Parquet cannot hold a struct
+    without fields (pyarrow refuses to write one), and such rows are still valid results.
+    """
 
     def __init__(self, stream: BinaryIO, *, codec: str = "zstd") -> None:
         super().__init__(stream)
-        self.writer = pq.ParquetWriter(stream, CANONICAL_SCHEMA, compression=check_parquet_codec(codec),
+        self.codec = check_parquet_codec(codec)
+        self.writer: pq.ParquetWriter | None = None
+        #: The canonical schema of the batches this file holds, known with the first one.
+        self.schema: pa.Schema | None = None
+
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
+        self.schema = schema
+        stored = schema.set(schema.get_field_index("source"), NULL_SOURCE) if has_no_source_columns(schema) else schema
+        self.writer = pq.ParquetWriter(self.stream, stored, compression=self.codec,
                                        use_dictionary=list(PARQUET_DICTIONARY_COLUMNS),
                                        write_statistics=list(PARQUET_STATISTICS_COLUMNS))
+        return self.writer
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows:
-            self.writer.write_batch(batch)
+        writer = self.writer or self._open(batch.schema)  # a row-less batch still gives the file its columns
+        if not batch.schema.equals(self.schema):  # the core never does this: every batch of a CSV has its columns
+            raise SinkError(
+                f"a Parquet file holds the rows of one CSV, with one set of mapped columns: this file's are "
+                f"{_source_names(self.schema)}, this batch's {_source_names(batch.schema)}")
+        if not batch.num_rows:
+            return
+        if has_no_source_columns(batch.schema):
+            batch = batch.set_column(batch.schema.get_field_index("source"), NULL_SOURCE, pa.nulls(batch.num_rows))
+        writer.write_batch(batch)
 
     def finish(self) -> None:
-        self.writer.close()
+        (self.writer or self._open(canonical_schema(NO_SOURCE_COLUMNS))).close()
+
+
+def _source_names(schema: pa.Schema) -> list[str]:
+    return [field.name for field in schema.field("source").type]
 
 
 class CsvEncoder(BatchEncoder):
@@ -299,7 +364,7 @@ class CsvEncoder(BatchEncoder):
 
     def finish(self) -> None:
         if not self.header_written:
-            self.write(empty_batch(CANONICAL_SCHEMA))
+            self.write(empty_batch(canonical_schema(NO_SOURCE_COLUMNS)))
 
 
 class JsonLinesEncoder(BatchEncoder):

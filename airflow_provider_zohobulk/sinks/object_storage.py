@@ -27,7 +27,9 @@ must survive a failed load. How each place guarantees it:
   with ``os.replace``; abort closes it.
 
 When an archive holds several CSV files, each goes to its own object (``{file}`` in the URI); these
-objects become visible one after the other at commit: each one atomically, not all together.
+objects become visible one after the other at commit: each one atomically, not all together. Without
+``{file}`` a second CSV is refused, whatever its columns: its rows would replace the first one's, and
+a Parquet file's schema is one CSV's own (``source`` is the struct of its mapped columns).
 
 Compression (``.gz``, ``.bz2``, ``.xz``, ``.zst`` after the format's extension) is applied here, on
 the byte stream, instead of by smart-open's by-extension wrappers: the sink must finish a
