@@ -39,24 +39,18 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "ERROR_TYPE",
     "KNOWN_ERROR_CODES",
-    "SOURCE_MAP_TYPE",
     "ResultStats",
     "canonical_schema",
     "check_source_type",
     "normalise_status",
     "parse_errors",
     "read_bulk_write_result",
-    "source_as_map",
     "source_type",
     "to_canonical",
     "use_lean_memory_pool",
 ]
 
 ERROR_TYPE = pa.struct([("code", pa.string()), ("columns", pa.list_(pa.string()))])
-
-#: ``source`` as a map, header -> value: how DuckDBSink's table holds it (one table for every module).
-SOURCE_MAP_TYPE = pa.map_(pa.string(), pa.string())
-
 
 @functools.lru_cache(maxsize=256)
 def canonical_schema(source: pa.DataType) -> pa.Schema:
@@ -66,7 +60,8 @@ def canonical_schema(source: pa.DataType) -> pa.Schema:
     Parquet stores one column per mapped column, which engines prune and filter on. Building it is
     zero-copy; a map was a row-by-row copy of every value (0.15 CPU-s per million rows) and cost
     Parquet 0.35 CPU-s per million rows to encode against the struct's 0.20.
-    DuckDBSink streams :data:`SOURCE_MAP_TYPE` instead: its one table holds every module's columns.
+    Formats without structs, and the tables that hold every module's rows, hold ``source`` as a JSON
+    object instead (``formats.source_to_json``; DuckDB builds it with ``to_json`` as it inserts).
     """
     return pa.schema(
         [
@@ -83,7 +78,7 @@ def canonical_schema(source: pa.DataType) -> pa.Schema:
 
 
 #: The canonical columns, in order; only the type of ``source`` differs between members.
-CANONICAL_COLUMNS: tuple[str, ...] = tuple(canonical_schema(SOURCE_MAP_TYPE).names)
+CANONICAL_COLUMNS: tuple[str, ...] = tuple(canonical_schema(pa.struct([])).names)
 
 
 @functools.lru_cache(maxsize=256)
@@ -251,30 +246,6 @@ def sequence(length: int, start: int = 0) -> pa.Array:
     """``start, start + 1, ...`` as int64, built in C (no numpy, no Python loop)."""
     ones = pa.nulls(length, pa.int64()).fill_null(int_scalar(1))
     return pc.add(pc.cumulative_sum(ones), int_scalar(start - 1))
-
-
-def source_as_map(source: pa.StructArray) -> pa.MapArray:
-    """A ``source`` struct as one map per row (:data:`SOURCE_MAP_TYPE`), header -> value, nulls kept
-    (a null row stays null), built without a row loop.
-
-    Map entries are stored row by row, so the column-major values are gathered with one ``take``
-    whose indices are computed arithmetically: entry ``m`` is column ``m % k`` of row ``m // k``.
-    """
-    names = [field.name for field in source.type]
-    num_rows, width = len(source), len(names)
-    offsets = pc.multiply(sequence(num_rows + 1), int_scalar(width)).cast(pa.int32())
-    mask = source.is_null() if source.null_count else None
-    if width == 0 or num_rows == 0:
-        empty = pa.nulls(0, pa.string())
-        return pa.MapArray.from_arrays(offsets, empty, empty, type=SOURCE_MAP_TYPE, mask=mask)
-    entry = sequence(num_rows * width)
-    row = pc.divide(entry, int_scalar(width))
-    column = pc.subtract(entry, pc.multiply(row, int_scalar(width)))
-    # field(i), not flatten(): the children as they are, sliced with the struct; null rows are masked.
-    values = pc.take(pa.concat_arrays([source.field(i) for i in range(width)]),
-                     pc.add(pc.multiply(column, int_scalar(num_rows)), row))
-    keys = pc.take(string_array(names), column)
-    return pa.MapArray.from_arrays(offsets, keys, values, type=SOURCE_MAP_TYPE, mask=mask)
 
 
 def parsed_errors_column(raw: pa.Array) -> pa.Array:

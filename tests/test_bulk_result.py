@@ -19,13 +19,11 @@ import pytest
 
 from airflow_provider_zohobulk.bulk_result import (
     KNOWN_ERROR_CODES,
-    SOURCE_MAP_TYPE,
     ResultStats,
     canonical_schema,
     normalise_status,
     parse_errors,
     read_bulk_write_result,
-    source_as_map,
     source_type,
     to_canonical,
 )
@@ -251,20 +249,6 @@ def test_source_is_a_struct_of_the_decoded_columns_without_a_copy():
     assert source.type == pa.struct([("Email", pa.string()), ("Last_Name", pa.string())])
     for field_at, column_at in ((0, 0), (1, 2)):  # the same value buffers: no value was copied
         assert source.field(field_at).buffers()[2].address == batch.column(column_at).buffers()[2].address
-
-
-def test_source_as_map_keeps_header_order_null_values_null_rows_and_slices():
-    """DuckDBSink's table holds ``source`` as a MAP: the struct converted, nothing lost or reordered."""
-    source = pa.StructArray.from_arrays([pa.array(["b1", None, "b3"]), pa.array(["a1", "a2", None])],
-                                        fields=list(source_type(("B", "A"))), mask=pa.array([False, True, False]))
-    as_map = source_as_map(source)
-    assert as_map.type == SOURCE_MAP_TYPE
-    assert as_map.to_pylist() == [[("B", "b1"), ("A", "a1")], None, [("B", "b3"), ("A", None)]]
-    assert source_as_map(source.slice(1)).to_pylist() == [None, [("B", "b3"), ("A", None)]]
-    assert source_as_map(source.slice(3)).to_pylist() == []
-    no_columns = to_canonical(text_batch({"STATUS": ["ADDED", "ADDED"]}), job_id="J", file_name="f.csv",
-                              first_row_number=1).column("source")
-    assert source_as_map(no_columns).to_pylist() == [[], []]
 
 
 def test_same_rows_as_the_shared_test_helper_builds():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,13 +28,16 @@ COLUMNS = "job_id, file_name, row_number, record_id, status, errors, errors_raw,
 
 
 def rows_in(database: Path, table: str = "zoho_bulk_write_results", job_id: str | None = None) -> list[dict]:
-    """The table's canonical columns as dicts, ordered as loaded (``source`` comes back as a dict)."""
+    """The table's canonical columns as dicts, ordered as loaded (``source``'s JSON parsed into a dict)."""
     with duckdb.connect(str(database), read_only=True) as con:
         where = "WHERE job_id = ?" if job_id else ""
         cursor = con.execute(f"SELECT {COLUMNS} FROM {table} {where} ORDER BY job_id, file_name DESC, row_number",
                              [job_id] if job_id else [])
         names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["source"] = json.loads(row["source"])
+    return rows
 
 
 def snapshot(database: Path, table: str = "zoho_bulk_write_results") -> list[tuple]:
@@ -58,28 +63,53 @@ def test_first_load_creates_the_table_and_keeps_every_field(database: Path) -> N
         indexed = con.execute("SELECT count(*) FROM duckdb_constraints() "
                               "WHERE constraint_type IN ('PRIMARY KEY', 'UNIQUE')").fetchone()
     assert types["errors"] == "STRUCT(code VARCHAR, \"columns\" VARCHAR[])[]"
-    assert types["source"] == "MAP(VARCHAR, VARCHAR)"
+    assert types["source"] == "JSON"
     assert types["loaded_at"] == "TIMESTAMP WITH TIME ZONE"
     assert len(loaded_at) == 1 and isinstance(loaded_at[0][0], datetime) and loaded_at[0][0].tzinfo is not None
     assert indexed == (0,)  # unique by construction: an in-memory key index grows with the load
 
 
-def test_members_with_different_mapped_columns_share_the_map_column(database: Path) -> None:
-    """Each CSV's ``source`` is a struct of its own columns, and the INSERT reads one stream of one
-    schema: every batch's struct becomes the table's MAP, keys in header order, null values kept."""
+def test_members_with_different_mapped_columns_share_the_json_column(database: Path) -> None:
+    """Each CSV's ``source`` is a struct of its own columns: each member gets its own INSERT, and DuckDB
+    writes the struct as a JSON object, keys in header order, null values kept as JSON null."""
     leads = batches_of(sample_rows(5), "Leads-Leads.csv", size=2)
     deals = batches_of([{"source": {"Deal_Name": "Big", "Amount": None}}], "Deals-Deals.csv")
     notes = batches_of([{"status": "SKIPPED"}], "Notes-Notes.csv")  # no mapped column at all
     load_batches(DuckDBSink(str(database)), JOB, leads + deals + notes)
     with duckdb.connect(str(database), read_only=True) as con:
-        found = con.execute("SELECT file_name, row_number, map_keys(source), map_values(source) "
+        found = con.execute("SELECT file_name, row_number, source::VARCHAR "
                             "FROM zoho_bulk_write_results ORDER BY file_name, row_number").fetchall()
-        amount = con.execute("SELECT source['Deal_Name'], source['Amount'] FROM zoho_bulk_write_results "
-                             "WHERE file_name = 'Deals-Deals.csv'").fetchone()
-    assert found == sorted((row["file_name"], row["row_number"], list(row["source"]), list(row["source"].values()))
-                           for row in expected_rows(leads + deals + notes))
-    assert [keys for name, _, keys, _ in found if name == "Notes-Notes.csv"] == [[]]
-    assert amount == ("Big", None)
+        amount = con.execute("SELECT source->>'Deal_Name', source->>'Amount', json_type(source, '$.Amount') "
+                             "FROM zoho_bulk_write_results WHERE file_name = 'Deals-Deals.csv'").fetchone()
+    expected = expected_rows(leads + deals + notes)
+    assert [(name, number, list(json.loads(text).items())) for name, number, text in found] == sorted(
+        (row["file_name"], row["row_number"], list(row["source"].items())) for row in expected)
+    assert [text for name, _, text in found if name == "Notes-Notes.csv"] == ["{}"]
+    assert amount == ("Big", None, "NULL")
+
+
+def test_a_table_with_the_earlier_map_column_is_refused_with_its_migration(database: Path) -> None:
+    """Tables created before ``source`` became JSON hold a MAP: the load says how to migrate, changes
+    nothing, and the migration it names works."""
+    database.parent.mkdir(parents=True)
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT, "
+                    "record_id VARCHAR, status VARCHAR, errors STRUCT(code VARCHAR, columns VARCHAR[])[], "
+                    "errors_raw VARCHAR, source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ)")
+        con.execute("INSERT INTO zoho_bulk_write_results VALUES ('1', 'A.csv', 1, NULL, 'ADDED', [], NULL, "
+                    "MAP(['Email'], ['a@example.com']), now())")
+    before = snapshot(database)
+    with pytest.raises(SinkError, match=r"source MAP\(VARCHAR, VARCHAR\), not JSON.*ALTER TABLE") as caught:
+        load_batches(DuckDBSink(str(database)), JOB, batches_of(sample_rows(3)))
+    assert snapshot(database) == before
+    migration = re.search(r"(ALTER TABLE .*?USING to_json\(source\))", str(caught.value)).group(1)
+    with duckdb.connect(str(database)) as con:
+        con.execute(migration)
+    load_batches(DuckDBSink(str(database)), JOB, batches_of(sample_rows(3)))
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT source->>'Email' FROM zoho_bulk_write_results WHERE job_id = '1'").fetchone() == (
+            "a@example.com",)
+    assert rows_in(database, job_id=JOB) == expected_rows(batches_of(sample_rows(3)))
 
 
 def test_rerun_replaces_the_jobs_rows_and_other_jobs_stay(database: Path) -> None:
@@ -213,7 +243,7 @@ def create_keyed_table(database: Path, row_number_check: str = "") -> None:
         con.execute(f"CREATE TABLE zoho_bulk_write_results (job_id VARCHAR, file_name VARCHAR, row_number BIGINT "
                     f"{row_number_check}, record_id VARCHAR, status VARCHAR, "
                     "errors STRUCT(code VARCHAR, columns VARCHAR[])[], errors_raw VARCHAR, "
-                    "source MAP(VARCHAR, VARCHAR), loaded_at TIMESTAMPTZ, PRIMARY KEY (job_id, file_name, row_number))")
+                    "source JSON, loaded_at TIMESTAMPTZ, PRIMARY KEY (job_id, file_name, row_number))")
 
 
 def test_constraint_of_a_users_table_fails_the_load_and_rolls_back(database: Path) -> None:

@@ -1,16 +1,16 @@
 """DuckDBSink: canonical rows into a DuckDB table, replacing the job's earlier rows in one transaction.
 
-A load is one transaction: ``CREATE TABLE IF NOT EXISTS; DELETE FROM t WHERE job_id = ?``, then a single
-``INSERT ... SELECT ... FROM <the batches as they arrive>`` (an Arrow stream fed through a small queue
-while the archive streams), then ``COMMIT`` once the archive is verified. Nothing is visible before the
-commit; a broken archive, a failure or an abort rolls everything back, DDL included (DuckDB's DDL is
-transactional), so a failed first load leaves no table and a failed re-run leaves the job's earlier rows
-as they were. One INSERT over the whole load lets DuckDB write full row groups to the file as it goes
-(one INSERT per batch kept every uncommitted row in memory until COMMIT: 1.7 GB for 5 million rows),
-and the load's connection caps DuckDB's buffer pool (``memory_limit``, restored afterwards), which
-otherwise keeps written blocks cached up to 80 % of the machine's RAM. Insertion order is not preserved
-(``preserve_insertion_order = false``, also restored): DuckDB then converts and compresses on both cores,
-and every row carries its ``row_number``.
+A load is one transaction: ``CREATE TABLE IF NOT EXISTS; DELETE FROM t WHERE job_id = ?``, then for each
+CSV member one ``INSERT ... SELECT ... FROM <its batches as they arrive>`` (an Arrow stream fed through a
+small queue while the archive streams), then ``COMMIT`` once the archive is verified. Nothing is visible
+before the commit; a broken archive, a failure or an abort rolls everything back, DDL included (DuckDB's
+DDL is transactional), so a failed first load leaves no table and a failed re-run leaves the job's
+earlier rows as they were. One INSERT over a whole member lets DuckDB write full row groups to the file
+as it goes (one INSERT per batch kept every uncommitted row in memory until COMMIT: 1.7 GB for 5 million
+rows), and the load's connection caps DuckDB's buffer pool (``memory_limit``, restored afterwards),
+which otherwise keeps written blocks cached up to 80 % of the machine's RAM. Insertion order is not
+preserved (``preserve_insertion_order = false``, also restored): DuckDB then converts and compresses on
+both cores, and every row carries its ``row_number``.
 
 Why not stage the rows in a file and insert them at commit (what this sink did before): encoding and
 decoding the staged Parquet cost more CPU than DuckDB's own insert, and made the load about 1.6x slower
@@ -22,11 +22,14 @@ writes (as after any DELETE): the table is as it was, the file may be larger. A 
 created is removed again when the load does not commit; a process killed mid-load (task timeout, OOM
 killer) can leave that new file behind, empty: DuckDB commits nothing it was not told to.
 
-The table keeps the nesting natively: ``errors STRUCT(code VARCHAR, columns VARCHAR[])[]`` and
-``source MAP(VARCHAR, VARCHAR)`` (query them with ``unnest(errors)`` and ``source['Email']``), plus
-``loaded_at TIMESTAMP WITH TIME ZONE`` (the same instant for every row of a load). Rows are unique on
-``(job_id, file_name, row_number)`` by construction, without a PRIMARY KEY (see ``_DuckDBLoad._ddl``).
-Many jobs and modules share one table.
+The table keeps ``errors`` nested natively, ``STRUCT(code VARCHAR, columns VARCHAR[])[]`` (query it with
+``unnest(errors)``), and holds ``source`` as ``JSON``: an object of the mapped columns in header order
+(``source->>'Email'``, as in PostgreSQL's jsonb), which DuckDB builds from each member's ``source``
+struct with ``to_json`` while it inserts, on every core. A ``MAP(VARCHAR, VARCHAR)`` cost three times as
+much CPU to insert as the whole rest of the row (``benchmarks/results.md``). Plus ``loaded_at TIMESTAMP
+WITH TIME ZONE`` (the same instant for every row of a load). Rows are unique on ``(job_id, file_name,
+row_number)`` by construction, without a PRIMARY KEY (see ``_DuckDBLoad._ddl``). Many jobs and modules
+share one table.
 
 Importing this module imports no Airflow.
 """
@@ -40,6 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -47,7 +51,7 @@ from urllib.parse import quote
 import duckdb
 import pyarrow as pa
 
-from airflow_provider_zohobulk.bulk_result import SOURCE_MAP_TYPE, canonical_schema, source_as_map
+from airflow_provider_zohobulk.bulk_result import CANONICAL_COLUMNS
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import StagedLoad, StagedSink, describe_exception
 from airflow_provider_zohobulk.sinks.formats import conform_batch
@@ -67,9 +71,6 @@ _BATCHES_AHEAD = 2
 _HAND_OVER_POLL_S = 0.5
 _END = object()
 _ABORT = object()
-#: What the INSERT reads: one Arrow stream has one schema, so ``source`` arrives as the table's MAP,
-#: whatever the struct of mapped columns of each CSV (:meth:`_DuckDBLoad.write` converts it).
-_STREAM_SCHEMA = canonical_schema(SOURCE_MAP_TYPE)
 
 _COLUMN_TYPES: dict[str, str] = {
     "job_id": "VARCHAR NOT NULL",
@@ -79,10 +80,10 @@ _COLUMN_TYPES: dict[str, str] = {
     "status": "VARCHAR",
     "errors": "STRUCT(code VARCHAR, columns VARCHAR[])[] NOT NULL",
     "errors_raw": "VARCHAR",
-    "source": "MAP(VARCHAR, VARCHAR) NOT NULL",
+    "source": "JSON NOT NULL",
     "loaded_at": "TIMESTAMP WITH TIME ZONE NOT NULL",
 }
-assert list(_COLUMN_TYPES)[:-1] == _STREAM_SCHEMA.names  # the table follows the canonical layout
+assert tuple(_COLUMN_TYPES)[:-1] == CANONICAL_COLUMNS  # the table follows the canonical layout
 
 
 class DuckDBSink(StagedSink):
@@ -140,18 +141,19 @@ class _LoadAborted(Exception):
 
 
 class _Insert:
-    """The load's one INSERT, running on its own thread and reading batches from a bounded queue.
+    """One INSERT of the load (one per CSV member), on its own thread, reading batches from a bounded queue.
 
     It holds no reference to the load, so a load dropped without commit or abort (its task died
     elsewhere) is garbage-collected, and the load's finalizer then stops the INSERT, rolls back, and
     releases the file's lock instead of leaving them to the end of the process.
     """
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, sql: str, parameters: list[Any], name: str) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, schema: pa.Schema, sql: str, parameters: list[Any],
+                 name: str) -> None:
         self.connection = connection
         self.incoming: queue.Queue[Any] = queue.Queue(maxsize=_BATCHES_AHEAD)
         self.error: BaseException | None = None
-        connection.register(_INCOMING, pa.RecordBatchReader.from_batches(_STREAM_SCHEMA, self._batches()))
+        connection.register(_INCOMING, pa.RecordBatchReader.from_batches(schema, self._batches()))
         self.thread = threading.Thread(target=self._run, args=(sql, parameters), name=name, daemon=True)
         self.thread.start()
 
@@ -181,9 +183,11 @@ class _Insert:
                 return
 
     def finish(self) -> None:
-        """Tell the INSERT the load is complete and wait for it; raises its error if it failed."""
+        """Tell the INSERT its member is complete and wait for it; raises its error if it failed."""
         self.hand_over(_END)
         self.thread.join()
+        with contextlib.suppress(Exception):
+            self.connection.unregister(_INCOMING)
         if self.error is not None:
             raise self.error
 
@@ -195,36 +199,45 @@ class _Insert:
             self.thread.join(timeout=_HAND_OVER_POLL_S)
 
 
-def _end_uncommitted(insert: _Insert | None, connection: duckdb.DuckDBPyConnection | None,
-                     saved_settings: dict[str, str], created_file: str | None) -> None:
-    """Undo a load that will not commit: stop its INSERT, roll back, restore the settings, close, and
-    remove the database file if the load created it. Never raises. Also the load's finalizer."""
-    if insert is not None:
-        insert.stop()
-    if connection is not None:
-        with contextlib.suppress(Exception):
-            connection.execute("ROLLBACK")
-        _close(connection, saved_settings)
-    if created_file is not None:
-        for path in (created_file, created_file + ".wal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+@dataclass
+class _OpenLoad:
+    """What an uncommitted load holds open. Not the load itself, so that the load's finalizer can hold it."""
 
+    connection: duckdb.DuckDBPyConnection
+    #: Settings the load changed, with their values before: restored when the load ends.
+    saved_settings: dict[str, str] = field(default_factory=dict)
+    #: The database file, when the load created it: removed again unless the load commits.
+    created_file: str | None = None
+    #: The INSERT of the member being loaded.
+    insert: _Insert | None = None
 
-def _close(connection: duckdb.DuckDBPyConnection, saved_settings: dict[str, str]) -> None:
-    """Restore the settings the load changed (they belong to the database instance, which other
-    connections of this process to the same file share), then close. Never raises."""
-    for name, value in saved_settings.items():
+    def close(self) -> None:
+        """Restore the settings the load changed (they belong to the database instance, which other
+        connections of this process to the same file share), then close. Never raises."""
+        for name, value in self.saved_settings.items():
+            with contextlib.suppress(Exception):
+                self.connection.execute(f"SET {name} = '{value.replace(chr(39), '')}'")
         with contextlib.suppress(Exception):
-            connection.execute(f"SET {name} = '{value.replace(chr(39), '')}'")
-    with contextlib.suppress(Exception):
-        connection.unregister(_INCOMING)
-    with contextlib.suppress(Exception):
-        connection.close()  # closing alone also discards an open transaction
+            self.connection.unregister(_INCOMING)
+        with contextlib.suppress(Exception):
+            self.connection.close()  # closing alone also discards an open transaction
+
+    def end_uncommitted(self) -> None:
+        """Undo the load: stop its INSERT, roll back, close, and remove the database file if the load
+        created it. Never raises. Also the load's finalizer."""
+        if self.insert is not None:
+            self.insert.stop()
+        with contextlib.suppress(Exception):
+            self.connection.execute("ROLLBACK")
+        self.close()
+        if self.created_file is not None:
+            for path in (self.created_file, self.created_file + ".wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
 
 class _DuckDBLoad(StagedLoad):
-    """One load: one transaction whose single INSERT reads the batches as :meth:`write` hands them over."""
+    """One load: one transaction holding one INSERT per CSV member, each reading its batches as they arrive."""
 
     def __init__(self, database: str, table: str, job_id: str, lock_timeout: float) -> None:
         self.database = database
@@ -234,15 +247,9 @@ class _DuckDBLoad(StagedLoad):
         self.job_id = job_id
         self.lock_timeout = lock_timeout
         self.loaded_at = datetime.now(timezone.utc)
-        columns = ", ".join(quote_ident(name, "duckdb") for name in _STREAM_SCHEMA.names)
-        self.insert_sql = (f"INSERT INTO {self.qualified} ({columns}, {quote_ident('loaded_at', 'duckdb')}) "
-                           f"SELECT {columns}, ? FROM {_INCOMING}")
-        self.connection: duckdb.DuckDBPyConnection | None = None
-        self.insert: _Insert | None = None
-        #: Settings this load changed, with their values before: restored when the load ends.
-        self.saved_settings: dict[str, str] = {}
-        #: The database file, when this load created it: removed again unless the load commits.
-        self.created_file: str | None = None
+        self.open: _OpenLoad | None = None
+        #: The member whose INSERT is running, and the layout of its batches.
+        self.member: tuple[str, pa.Schema] | None = None
         self._finalizer: weakref.finalize | None = None
 
     def _ddl(self) -> str:
@@ -256,72 +263,104 @@ class _DuckDBLoad(StagedLoad):
         return f"CREATE TABLE IF NOT EXISTS {self.qualified} ({columns})"
 
     def start(self) -> None:
-        """Open the database (waiting for another writer's lock), begin the transaction that replaces the
-        job's rows, and start the INSERT that reads every batch :meth:`write` hands over."""
+        """Open the database (waiting for another writer's lock) and begin the transaction that replaces
+        the job's rows; the INSERTs start with each member's first rows (:meth:`write`)."""
+        created_file = None
         if self.database != IN_MEMORY and not os.path.exists(_local_path(self.database)):
-            self.created_file = _local_path(self.database)
+            created_file = _local_path(self.database)
             try:
-                os.makedirs(os.path.dirname(self.created_file), exist_ok=True)
+                os.makedirs(os.path.dirname(created_file), exist_ok=True)
             except OSError as exc:
                 raise self._failure("creating the folder of", exc) from exc
-        self.connection = self._connect()
-        self._finalizer = weakref.finalize(self, _end_uncommitted, None, self.connection, self.saved_settings,
-                                           self.created_file)
+        self.open = _OpenLoad(self._connect(), created_file=created_file)
+        self._finalizer = weakref.finalize(self, self.open.end_uncommitted)
+        connection = self.open.connection
         try:
-            self.connection.execute("BEGIN TRANSACTION")
+            connection.execute("BEGIN TRANSACTION")
             if self.schema is not None:
-                self.connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema, 'duckdb')}")
-            self.connection.execute(self._ddl())
-            self._tune_for_the_load(self.connection)
-            self.connection.execute(
-                f"DELETE FROM {self.qualified} WHERE {quote_ident('job_id', 'duckdb')} = ?", [self.job_id])
-            self.insert = _Insert(self.connection, self.insert_sql, [self.loaded_at],
-                                  name=f"duckdb-insert-{self.job_id}")
+                connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema, 'duckdb')}")
+            connection.execute(self._ddl())
+            self._check_source_column(connection)
+            self._tune_for_the_load(connection)
+            connection.execute(f"DELETE FROM {self.qualified} WHERE {quote_ident('job_id', 'duckdb')} = ?",
+                               [self.job_id])
         except Exception as exc:
             self.abort()
-            raise self._failure("starting the load into", exc) from exc
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _end_uncommitted, self.insert, self.connection,
-                                           self.saved_settings, self.created_file)
+            raise exc if isinstance(exc, SinkError) else self._failure("starting the load into", exc) from exc
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        assert self.insert is not None
+        assert self.open is not None
         batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=self.table)
         if not batch.num_rows:
             return
+        batch = _stream_batch(batch)
         try:
-            self.insert.hand_over(_with_source_as_map(batch))
+            if self.member != (file_name, batch.schema):
+                self._start_insert(file_name, batch.schema)
+            assert self.open.insert is not None
+            self.open.insert.hand_over(batch)
         except Exception as exc:
             self.abort()
             raise self._failure("inserting rows into", exc, file_name) from exc
 
+    def _start_insert(self, file_name: str, schema: pa.Schema) -> None:
+        """Finish the previous member's INSERT and start this one's: one Arrow stream has one schema, and
+        each CSV member has its own ``source`` struct, which DuckDB turns into JSON (``to_json``) as it
+        inserts, on every core."""
+        assert self.open is not None
+        if self.open.insert is not None:
+            self.open.insert.finish()
+            self.open.insert = None
+        columns = [quote_ident(name, "duckdb") for name in schema.names]
+        selected = [("to_json(source)" if schema.field("source").type.num_fields else "'{}'")
+                    if name == "source" else quoted for name, quoted in zip(schema.names, columns, strict=True)]
+        sql = (f"INSERT INTO {self.qualified} ({', '.join(columns)}, {quote_ident('loaded_at', 'duckdb')}) "
+               f"SELECT {', '.join(selected)}, ? FROM {_INCOMING}")
+        self.open.insert = _Insert(self.open.connection, schema, sql, [self.loaded_at],
+                                   name=f"duckdb-insert-{self.job_id}")
+        self.member = (file_name, schema)
+
     def commit(self) -> None:
-        assert self.connection is not None and self.insert is not None
+        assert self.open is not None
         action = "inserting rows into"
         try:
-            self.insert.finish()
+            if self.open.insert is not None:
+                self.open.insert.finish()
+                self.open.insert = None
             action = "committing the load into"
-            self.connection.execute("COMMIT")
+            self.open.connection.execute("COMMIT")
         except Exception as exc:
             self.abort()
             raise self._failure(action, exc) from exc
         if self._finalizer is not None:
             self._finalizer.detach()
-        _close(self.connection, self.saved_settings)
+        self.open.close()
 
     def abort(self) -> None:
         """Stop the INSERT, roll back and close; remove the database file if this load created it. Never raises."""
         if self._finalizer is not None:
             self._finalizer()  # runs once: a later abort() or the garbage collector finds nothing to do
 
+    def _check_source_column(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Tables created before ``source`` became JSON hold a MAP; say how to migrate instead of failing on a
+        cast in the middle of the load."""
+        row = connection.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "AND column_name = 'source'", [self.schema or "main", self.table_name]).fetchone()
+        if row is not None and str(row[0]).upper() != "JSON":
+            raise SinkError(
+                f"DuckDB table {self.table!r} in {self.database!r} has source {row[0]}, not JSON (it was created "
+                f"by an earlier release); migrate it once with ALTER TABLE {self.qualified} ALTER source TYPE JSON "
+                "USING to_json(source), then load again; nothing was changed", job_id=self.job_id)
+
     def _has_index(self) -> bool:
         """Whether the table (one you created) has a key, UNIQUE constraint or index: DuckDB holds those
         in memory for every row the load adds, so such a load runs without the buffer-pool cap, which
         would make a large one fail at COMMIT."""
-        assert self.connection is not None
+        assert self.open is not None
         where = "schema_name = ? AND table_name = ?"
         place = [self.schema or "main", self.table_name]
-        row = self.connection.execute(
+        row = self.open.connection.execute(
             f"SELECT (SELECT count(*) FROM duckdb_constraints() WHERE {where} "
             f"AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')) "
             f"+ (SELECT count(*) FROM duckdb_indexes() WHERE {where})",
@@ -332,13 +371,14 @@ class _DuckDBLoad(StagedLoad):
         """Let DuckDB insert on every core without ordering, and cap its buffer pool unless the table has
         an index or the database is in memory (nowhere to evict to: a cap would only make big loads
         fail); each setting's value before is remembered, to be restored when the load ends."""
+        assert self.open is not None
         wanted = {"preserve_insertion_order": "false"}
         if self.database != IN_MEMORY and not self._has_index():
             wanted["memory_limit"] = _LOAD_MEMORY_LIMIT
         for name, value in wanted.items():
             row = connection.execute("SELECT current_setting(?)", [name]).fetchone()
             if row is not None:
-                self.saved_settings[name] = str(row[0])
+                self.open.saved_settings[name] = str(row[0])
             connection.execute(f"SET {name} = '{value}'")
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -361,12 +401,13 @@ class _DuckDBLoad(StagedLoad):
             job_id=self.job_id, file_name=file_name)
 
 
-def _with_source_as_map(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A canonical batch in the stream's layout (:data:`_STREAM_SCHEMA`): its ``source`` struct as a map."""
+def _stream_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A canonical batch as its INSERT reads it: a ``source`` without mapped columns (an empty struct,
+    which DuckDB cannot read from Arrow) becomes a column of nulls, and the INSERT writes ``{}``."""
     source_at = batch.schema.get_field_index("source")
-    return pa.RecordBatch.from_arrays(
-        [source_as_map(column) if index == source_at else column for index, column in enumerate(batch.columns)],
-        schema=_STREAM_SCHEMA)
+    if batch.column(source_at).type.num_fields:
+        return batch
+    return batch.set_column(source_at, "source", pa.nulls(batch.num_rows))
 
 
 def _local_path(database: str) -> str:
