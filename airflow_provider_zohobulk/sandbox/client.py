@@ -114,3 +114,26 @@ class SandboxClient:
 
     def reset(self) -> None:
         self._call("reset")
+
+    # --- Bulk Read ---
+
+    def seed_module(self, module: str, records: int, *, seed: int = 0, modified_from: str | None = None,
+                    modified_to: str | None = None) -> dict[str, Any]:
+        return self._call("seed_module", module=module, records=records, seed=seed, modified_from=modified_from,
+                          modified_to=modified_to)
+
+    def read_modules(self) -> dict[str, dict[str, Any]]:
+        return self._call("read_modules")
+
+    def read_records(self, module: str, criteria: dict[str, Any] | None = None, fields: list[str] | None = None,
+                     offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        return self._call("read_records", module=module, criteria=criteria, fields=fields, offset=offset, limit=limit)
+
+    def create_read_job(self, request: dict[str, Any]) -> str:
+        return self._call("create_read_job", request=request)
+
+    def read_jobs(self) -> list[dict[str, Any]]:
+        return self._call("read_jobs")
+
+    def read_job_details(self, job_id: str) -> dict[str, Any] | None:
+        return self._call("read_job_details", job_id=job_id)

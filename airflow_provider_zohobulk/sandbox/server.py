@@ -1,4 +1,5 @@
-"""The Zoho sandbox: one local HTTP server playing Zoho Accounts, the CRM Bulk Write API and the download host.
+"""The Zoho sandbox: one local HTTP server playing Zoho Accounts, the CRM Bulk Write and Bulk Read APIs and the
+download host.
 
 Why an emulator at all: no live Zoho is reachable from where this project is built and tested, and
 the behaviours that break real clients (HTTP-200 token errors, the 10-per-10-minutes token throttle,
@@ -18,6 +19,8 @@ Design:
   be a POST, name the loopback in Host and Origin, and carry this run's admin token in a header (which
   also makes a browser ask a CORS preflight first, one the sandbox never approves).
 * Zips given by path are served only from the ``files_dir`` folder named at start (none by default).
+* Bulk Read (generated records, criteria, pages, page tokens, streamed page zips) lives in
+  :mod:`~airflow_provider_zohobulk.sandbox.bulk_read`; this module routes its endpoints and keeps its state.
 * Standard library only, no Airflow import: tests, benchmarks, the demo and users' CI all start it.
 """
 
@@ -30,6 +33,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -40,14 +44,13 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from airflow_provider_zohobulk.errors import ZohoConfigurationError
-from airflow_provider_zohobulk.sandbox import results
+from airflow_provider_zohobulk.sandbox import bulk_read, results
 
 if TYPE_CHECKING:
     from airflow_provider_zohobulk.sandbox.client import SandboxClient
@@ -76,25 +79,33 @@ TOKEN_RESPONSE_STYLES = ("expires_in", "expires_in_sec", "both", "none")
 IN_PROGRESS_SPELLINGS = ("IN PROGRESS", "INPROGRESS")
 DOWNLOAD_FILENAME_STYLES = ("plain", "rfc5987", "none")
 
-# Which endpoints a fault kind can hit. Faults that change the result file only ever hit downloads, so
-# ``add_fault("drop_mid_body")`` followed by "get job details, then download" breaks the download.
-_ANY_ENDPOINT = frozenset({"token", "upload", "create", "details", "download"})
+# Which endpoints a fault kind can hit. Faults that change the result file only ever hit downloads (of
+# Bulk Write results or Bulk Read pages), so ``add_fault("drop_mid_body")`` followed by "get job details,
+# then download" breaks the download; ``path_prefix`` narrows any fault to one API.
+_ANY_ENDPOINT = frozenset({"token", "upload", "create", "details", "download", "read_create", "read_details",
+                           "read_download"})
+_DOWNLOADS = frozenset({"download", "read_download"})
 FAULT_ENDPOINTS: dict[str, frozenset[str]] = {
     "status": _ANY_ENDPOINT,
     "reset_connection": _ANY_ENDPOINT,
     "redirect": _ANY_ENDPOINT,
     "token_error": frozenset({"token"}),
-    "drop_mid_body": frozenset({"download"}),
-    "slow_body": frozenset({"download"}),
-    "corrupt_zip": frozenset({"download"}),
-    "truncate_zip": frozenset({"download"}),
-    "expired_link": frozenset({"download"}),
-    "error_body": frozenset({"download"}),
+    "drop_mid_body": _DOWNLOADS,
+    "slow_body": _DOWNLOADS,
+    "corrupt_zip": _DOWNLOADS,
+    "truncate_zip": _DOWNLOADS,
+    "expired_link": _DOWNLOADS,
+    "error_body": _DOWNLOADS,
+    "bulk_read_failed": frozenset({"read_create"}),
 }
 
 _WRITE_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/?$")
 _JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/write/([^/]+)/?$")
 _UPLOAD_PATH = re.compile(r"^/crm/v([2-8])/upload/?$")
+_READ_PATH = re.compile(r"^/crm/bulk/v([2-8])/read/?$")
+_READ_JOB_PATH = re.compile(r"^/crm/bulk/v([2-8])/read/([^/]+)/?$")
+_READ_RESULT_PATH = re.compile(r"^/crm/bulk/v([2-8])/read/([^/]+)/result/?$")
+READ_RESULT_CONTENT_TYPE = "application/zip"
 _SIGNATURE_PARAM = "X-Sandbox-Signature"
 #: The header every admin call carries this run's admin token in (see :attr:`ZohoSandbox.admin_token`).
 ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"
@@ -128,6 +139,11 @@ class SandboxOptions:
     result_status_case: str = "upper"  # upper | lower | title
     download_content_type: str = "application/octet-stream"  # also application/zip, application/x-download
     download_filename_style: str = "plain"  # plain: filename="x.zip" | rfc5987: filename*=UTF-8''x.zip | none
+    # Bulk Read:
+    bulk_read_per_page: int = bulk_read.DEFAULT_PER_PAGE  # Zoho's 200,000; smaller makes many pages of few rows
+    bulk_read_downloads_per_minute: int | None = 10  # per org, sandbox clock; None: no limit
+    bulk_read_max_active_jobs: int | None = 10  # read jobs not yet COMPLETED/FAILED; None: no limit
+    bulk_read_quote_all: bool = False  # quote every CSV value, not only those that need it
 
     def validate(self) -> None:
         if self.token_response_style not in TOKEN_RESPONSE_STYLES:
@@ -148,6 +164,17 @@ class SandboxOptions:
         if not 0.0 <= self.seeded_failure_share <= 1.0:
             raise ZohoConfigurationError(
                 f"sandbox seeded_failure_share must be between 0 and 1, not {self.seeded_failure_share!r}")
+        if not _positive_int(self.bulk_read_per_page):
+            raise ZohoConfigurationError(
+                f"sandbox bulk_read_per_page must be a positive integer, not {self.bulk_read_per_page!r}")
+        for name in ("bulk_read_downloads_per_minute", "bulk_read_max_active_jobs"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise ZohoConfigurationError(f"sandbox {name} must be a positive integer or None, not {value!r}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -274,6 +301,11 @@ class ZohoSandbox:
         self._tokens_minted = 0
         self._throttle: dict[str, tuple[float, int]] = {}  # refresh token -> (window start, mints)
         self._clock_offset = 0.0
+        self._datasets = bulk_read.default_datasets()
+        self._read_jobs: dict[str, bulk_read.ReadJob] = {}
+        self._page_tokens: dict[str, bulk_read.PageCursor] = {}
+        self._read_download_times: list[float] = []  # sandbox clock, the last minute's downloads only
+        self._read_downloads_total = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -410,7 +442,11 @@ class ZohoSandbox:
         ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
         ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
         ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
-        ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200).
+        ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200). Downloads are Bulk Write
+        results and Bulk Read pages alike; a Bulk Read page is generated as it is sent, so there
+        ``truncate_zip`` and ``drop_mid_body`` cut it after that share of its *rows* (a clean end of the
+        HTTP body, or none). ``bulk_read_failed`` (``code``, ``message``, ``details``) hits the next Bulk
+        Read create: the job is created and ends FAILED where it would have completed.
         """
         if kind not in FAULT_ENDPOINTS:
             raise ZohoConfigurationError(f"unknown sandbox fault {kind!r}; known: {sorted(FAULT_ENDPOINTS)}")
@@ -434,10 +470,13 @@ class ZohoSandbox:
                 "jobs": len(self._jobs),
                 "uploads": len(self._uploads),
                 "pending_faults": [{"kind": f.kind, "count": f.count} for f in self._faults],
+                "read_jobs": len(self._read_jobs),
+                "read_downloads": self._read_downloads_total,
             }
 
     def reset(self) -> None:
-        """Forget jobs, uploads, faults, stats, throttling and clock offset; keep clients and live tokens.
+        """Forget jobs (both kinds), uploads, page tokens, faults, stats, throttling and clock offset, and
+        put the Bulk Read modules back to their default records; keep clients and live tokens.
 
         Live tokens survive on purpose: other processes may have cached them, as they would against Zoho.
         """
@@ -605,6 +644,145 @@ class ZohoSandbox:
             raise ZohoConfigurationError(f"create_job_from_zip: no file at {shown} (in files_dir {self.files_dir})")
         return real
 
+    # --- Bulk Read (admin API; the generation, criteria and pages are in bulk_read.py) -----------------
+
+    def seed_module(self, module: str, records: int, *, seed: int = 0, modified_from: str | None = None,
+                    modified_to: str | None = None) -> dict[str, Any]:
+        """Make ``module`` (Leads, Contacts or Deals) hold ``records`` generated records of ``seed``, their
+        Modified_Time spread over [``modified_from``, ``modified_to``) (ISO 8601 with an offset; default
+        2025-07-01 to 2026-07-01 UTC). Returns :meth:`read_modules`' entry for it.
+
+        Nothing is stored: a record is a function of (module, seed, index), so 10,000,000 cost nothing
+        until they are read. Jobs created earlier, and their page tokens, keep the records they started with.
+        """
+        dataset = bulk_read.Dataset.create(module, records, seed, modified_from, modified_to)
+        with self._lock:
+            self._datasets[module] = dataset
+            self._save_state()
+        return dataset.describe()
+
+    def read_modules(self) -> dict[str, dict[str, Any]]:
+        """Each generated module: records, seed, Modified_Time range, fields in export order, first/last Id."""
+        with self._lock:
+            return {module: dataset.describe() for module, dataset in self._datasets.items()}
+
+    def read_records(self, module: str, criteria: dict[str, Any] | None = None, fields: list[str] | None = None,
+                     offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """What an export of ``module`` with ``criteria`` holds, without a job: ``{"fields", "records"
+        (offset/limit over the matches, Id order, values as the CSV has them), "matching"}``.
+
+        The criteria and fields are checked as a create-job body's are (a bad one raises the same error).
+        """
+        if not 0 <= limit <= 100_000 or offset < 0:
+            raise ZohoConfigurationError(f"read_records takes offset >= 0 and limit 0..100000, not {offset}, {limit}")
+        with self._lock:
+            dataset = self._datasets.get(module)
+        if dataset is None:
+            raise ZohoConfigurationError(f"the sandbox generates records for {list(bulk_read.MODULES)} only, "
+                                         f"not {module!r}")
+        return bulk_read.select_records(dataset, criteria, fields, offset, limit)
+
+    def create_read_job(self, request: dict[str, Any]) -> str:
+        """Create a Bulk Read job from the JSON body Zoho takes (``{"query": {...}, "callback": ...}``),
+        exactly as ``POST /crm/bulk/v8/read`` does, minus the HTTP; returns the job id."""
+        return self._add_read_job(request).job_id
+
+    def read_jobs(self) -> list[dict[str, Any]]:
+        """Every Bulk Read job created, oldest first: module, state now, page, count, more_records, fields,
+        criteria, the page token it was created with, the one it gives, and how many times it was downloaded."""
+        with self._lock:
+            now = self.now()
+            return [job.summary(now) for job in self._read_jobs.values()]
+
+    def read_job_details(self, job_id: str) -> dict[str, Any] | None:
+        """Exactly what ``GET /crm/bulk/v8/read/<job_id>`` answers, or None for an unknown job."""
+        with self._lock:
+            job = self._read_jobs.get(job_id)
+            if job is None:
+                return None
+            return {"data": [job.details(self.now(), module_id=_module_id(job.dataset.module),
+                                         in_progress_spelling=self.options.in_progress_spelling)]}
+
+    def _add_read_job(self, request: Any, *, api_version: str = "8",
+                      failure: dict[str, Any] | None = None) -> bulk_read.ReadJob:
+        """Check the request, plan its page (outside the lock: criteria over millions of records take
+        seconds) and store the job; :class:`bulk_read.ReadRequestError` carries Zoho's answer if refused."""
+        query = bulk_read.parse_read_request(request)
+        with self._lock:
+            cursor = self._page_cursor(query) if query.page_token is not None else None
+            dataset = cursor.dataset if cursor else self._datasets[query.module]
+            per_page = self.options.bulk_read_per_page
+            self._check_read_concurrency()
+        predicate = (bulk_read.compile_criteria(query.module, query.criteria, dataset)
+                     if query.criteria is not None else None)
+        plan = bulk_read.plan_page(dataset, predicate, per_page,
+                                   page=cursor.next_page if cursor else (query.page or 1),
+                                   start_index=cursor.next_index if cursor else None)
+        with self._lock:
+            self._check_read_concurrency()
+            job = bulk_read.ReadJob(
+                self._new_id(), api_version, self.now(), self.options.job_step_seconds, dataset, query.fields,
+                query.fields_given, query.criteria, per_page, plan, query.file_type, query.callback, self._creator(),
+                page_token=query.page_token, failure=failure)
+            if plan.more_records and failure is None:
+                job.next_page_token = secrets.token_hex(40)
+                self._page_tokens[job.next_page_token] = bulk_read.PageCursor(
+                    dataset, query.criteria_key, plan.end_index, plan.page + 1, job.finished_at())
+            self._read_jobs[job.job_id] = job
+            self._save_state()
+            return job
+
+    def _page_cursor(self, query: bulk_read.ReadQuery) -> bulk_read.PageCursor:
+        """The cursor behind ``query.page_token``, if it is known, fresh and this query's (caller holds the lock)."""
+        where = {"api_name": "page_token", "json_path": "$.query.page_token"}
+        cursor = self._page_tokens.get(query.page_token or "")
+        if cursor is None:
+            raise bulk_read.ReadRequestError("INVALID_DATA", "the page_token is invalid", **where)
+        if self.now() > cursor.issued_at + bulk_read.PAGE_TOKEN_TTL_SECONDS:
+            raise bulk_read.ReadRequestError(
+                "INVALID_DATA", "the page_token has expired: page tokens are valid for 24 hours", **where)
+        if cursor.dataset.module != query.module or cursor.criteria_key != query.criteria_key:
+            raise bulk_read.ReadRequestError(
+                "INVALID_DATA", f"the page_token belongs to another query (on {cursor.dataset.module}): send it with "
+                "the module and criteria of the job that gave it", **where)
+        return cursor
+
+    def _check_read_concurrency(self) -> None:
+        """Zoho runs about 10 bulk jobs per org at a time; one more is refused with 429 (caller holds the lock).
+
+        The code and body of Zoho's refusal are unconfirmed: the sandbox answers ``TOO_MANY_REQUESTS`` with
+        the limit in ``details`` and a ``Retry-After`` until the first running job finishes.
+        """
+        limit = self.options.bulk_read_max_active_jobs
+        if limit is None:
+            return
+        now = self.now()
+        running = [job.finished_at() for job in self._read_jobs.values()
+                   if job.state_at(now) not in ("COMPLETED", "FAILED")]
+        if len(running) >= limit:
+            raise bulk_read.ReadRequestError(
+                "TOO_MANY_REQUESTS", f"too many bulk read jobs in progress: at most {limit} per org at a time",
+                status=429, retry_after=max(1, math.ceil(min(running) - now)), limit=limit)
+
+    def _read_job_for_download(self, job_id: str) -> tuple[bulk_read.ReadJob | None, str | None]:
+        with self._lock:
+            job = self._read_jobs.get(job_id)
+            return job, job.state_at(self.now()) if job else None
+
+    def _claim_read_download(self, job: bulk_read.ReadJob) -> int | None:
+        """Count one download against the per-minute limit; the seconds to wait if over it, else None."""
+        with self._lock:
+            now = self.now()
+            self._read_download_times = [t for t in self._read_download_times if t > now - 60]
+            limit = self.options.bulk_read_downloads_per_minute
+            if limit is not None and len(self._read_download_times) >= limit:
+                return max(1, math.ceil(self._read_download_times[0] + 60 - now))
+            self._read_download_times.append(now)
+            self._read_downloads_total += 1
+            job.downloads += 1
+            self._save_state()
+            return None
+
     # --- internals used by the handler --------------------------------------------------------------
 
     def _new_id(self) -> str:
@@ -710,6 +888,13 @@ class ZohoSandbox:
                 "uploads": {k: base64.b64encode(v).decode() for k, v in self._uploads.items()},
                 "records": [[*key, value] for key, value in self._records.items()],
                 "jobs": [_job_to_json(job) for job in self._jobs.values()],
+                "bulk_read": {
+                    "datasets": {module: asdict(dataset) for module, dataset in self._datasets.items()},
+                    "jobs": [job.to_json() for job in self._read_jobs.values()],
+                    "page_tokens": {token: cursor.to_json() for token, cursor in self._page_tokens.items()},
+                    "download_times": self._read_download_times,
+                    "downloads_total": self._read_downloads_total,
+                },
             }
             tmp = self._state_file.with_name(self._state_file.name + ".tmp")
             tmp.write_text(json.dumps(state))
@@ -733,6 +918,15 @@ class ZohoSandbox:
         self._uploads = {k: base64.b64decode(v) for k, v in state["uploads"].items()}
         self._records = {(m, a, v): r for m, a, v, r in state["records"]}
         self._jobs = {job["job_id"]: _job_from_json(job) for job in state["jobs"]}
+        read_state = state.get("bulk_read")  # absent from state files of sandboxes without Bulk Read
+        if read_state:
+            self._datasets.update({module: bulk_read.Dataset(**data)
+                                   for module, data in read_state["datasets"].items()})
+            self._read_jobs = {job["job_id"]: bulk_read.ReadJob.from_json(job) for job in read_state["jobs"]}
+            self._page_tokens = {token: bulk_read.PageCursor.from_json(cursor)
+                                 for token, cursor in read_state["page_tokens"].items()}
+            self._read_download_times = [float(t) for t in read_state["download_times"]]
+            self._read_downloads_total = int(read_state["downloads_total"])
         for job in self._jobs.values():  # this run may name another files_dir, or none
             if job.result_path is not None:
                 try:
@@ -810,7 +1004,20 @@ def _module_id(module: str) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone(timedelta(hours=5, minutes=30))).isoformat(timespec="seconds")
+    return bulk_read.org_time(epoch)
+
+
+def _rechunk(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes in pieces of ``size`` (the last may be shorter), for the ``slow_body`` fault."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        whole = len(pending) - len(pending) % size
+        for start in range(0, whole, size):
+            yield bytes(pending[start:start + size])
+        del pending[:whole]
+    if pending:
+        yield bytes(pending)
 
 
 class _ResultSource:
@@ -977,6 +1184,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._job_details(path)
         elif endpoint == "download":
             self._download(path, fault)
+        elif endpoint == "read_create":
+            self._create_read_job(path, body, fault)
+        elif endpoint == "read_details":
+            self._read_job_details(path)
+        elif endpoint == "read_download":
+            self._read_download(path, fault)
         else:
             self._json(404, _zoho_error("INVALID_URL_PATTERN", "Please check if the URL trying to access is a "
                                                                "correct one", path=path))
@@ -992,6 +1205,12 @@ class _Handler(BaseHTTPRequestHandler):
             return "details"
         if _DOWNLOAD_PATH.match(path) and self.command == "GET":
             return "download"
+        if _READ_PATH.match(path) and self.command == "POST":
+            return "read_create"
+        if _READ_JOB_PATH.match(path) and self.command == "GET":
+            return "read_details"
+        if _READ_RESULT_PATH.match(path) and self.command == "GET":
+            return "read_download"
         return None
 
     def _read_body(self) -> bytes:
@@ -1158,10 +1377,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, details)
 
-    def _download(self, path: str, fault: _Fault | None) -> None:
+    def _presigned(self, path: str) -> bool:
+        """Whether the URL carries this run's signature of ``path`` (a ``redirect`` fault's CDN-style link)."""
         signature = parse_qs(urlsplit(self.path).query).get(_SIGNATURE_PARAM, [""])[0]
-        presigned = hmac.compare_digest(signature, self.sandbox._link_signature(path))
-        if not presigned and self._unauthorized():
+        return hmac.compare_digest(signature, self.sandbox._link_signature(path))
+
+    def _send_filename_header(self, job_id: str) -> None:
+        style = self.sandbox.options.download_filename_style
+        if style == "plain":
+            self.send_header("Content-Disposition", f'attachment; filename="{job_id}.zip"')
+        elif style == "rfc5987":
+            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{job_id}.zip")
+
+    def _download(self, path: str, fault: _Fault | None) -> None:
+        if not self._presigned(path) and self._unauthorized():
             return
         match = _DOWNLOAD_PATH.match(path)
         assert match is not None
@@ -1182,12 +1411,8 @@ class _Handler(BaseHTTPRequestHandler):
         delay = float(params.get("delay", 0.5)) if kind == "slow_body" else 0.0
 
         self.send_response(200)
-        options = self.sandbox.options
-        self.send_header("Content-Type", options.download_content_type)
-        if options.download_filename_style == "plain":
-            self.send_header("Content-Disposition", f'attachment; filename="{job_id}.zip"')
-        elif options.download_filename_style == "rfc5987":
-            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{job_id}.zip")
+        self.send_header("Content-Type", self.sandbox.options.download_content_type)
+        self._send_filename_header(job_id)
         self.send_header("Content-Length", str(limit))
         self.end_headers()
         self._log(200)
@@ -1205,12 +1430,109 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+    def _create_read_job(self, path: str, body: bytes, fault: _Fault | None) -> None:
+        if self._unauthorized():
+            return
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            self._json(400, _zoho_error("INVALID_DATA", "the body is not valid JSON", api_name="body"))
+            return
+        failure = None
+        if fault is not None and fault.kind == "bulk_read_failed":
+            failure = {key: fault.params[key] for key in ("code", "message", "details") if key in fault.params}
+        match = _READ_PATH.match(path)
+        assert match is not None
+        try:
+            job = self.sandbox._add_read_job(request, api_version=match.group(1), failure=failure)
+        except bulk_read.ReadRequestError as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+            self._json(exc.status, _zoho_error(exc.code, exc.zoho_message, **exc.details), headers)
+            return
+        self._json(201, {"data": [{"status": "success", "code": "ADDED_SUCCESSFULLY", "message": "Added successfully.",
+                                   "details": {"id": job.job_id, "operation": "read", "state": "ADDED",
+                                               "created_by": job.created_by,
+                                               "created_time": bulk_read.org_time(job.created_at)}}],
+                         "info": {}})
+
+    def _read_job_details(self, path: str) -> None:
+        if self._unauthorized():
+            return
+        match = _READ_JOB_PATH.match(path)
+        assert match is not None
+        details = self.sandbox.read_job_details(match.group(2))
+        if details is None:
+            self._json(400, _zoho_error("RESOURCE_NOT_FOUND", "the requested resource is not found",
+                                        id=match.group(2)))
+            return
+        self._json(200, details)
+
+    def _read_download(self, path: str, fault: _Fault | None) -> None:
+        """A page's zip, generated while it is sent (chunked: its size is known only at the end)."""
+        if not self._presigned(path) and self._unauthorized():
+            return
+        match = _READ_RESULT_PATH.match(path)
+        assert match is not None
+        job_id = match.group(2)
+        job, state = self.sandbox._read_job_for_download(job_id)
+        if job is None:
+            self._json(400, _zoho_error("RESOURCE_NOT_FOUND", "the requested resource is not found", id=job_id))
+            return
+        if state != "COMPLETED":
+            shown = self.sandbox.options.in_progress_spelling if state == "IN PROGRESS" else state
+            self._json(400, _zoho_error("INVALID_REQUEST", f"the bulk read job is {shown}: its result can be "
+                                                           "downloaded once it is COMPLETED", id=job_id, state=shown))
+            return
+        retry_after = self.sandbox._claim_read_download(job)
+        if retry_after is not None:
+            self._json(429, _zoho_error("TOO_MANY_REQUESTS", "too many requests: at most "
+                                        f"{self.sandbox.options.bulk_read_downloads_per_minute} bulk read downloads "
+                                        "a minute", limit=self.sandbox.options.bulk_read_downloads_per_minute),
+                       {"Retry-After": str(retry_after)})
+            return
+        kind, params = (fault.kind, fault.params) if fault is not None else (None, {})
+        zip_faults = bulk_read.ZipFaults()
+        if kind == "truncate_zip":
+            zip_faults = bulk_read.ZipFaults(row_share=int(params.get("percent", 50)) / 100, complete=False)
+        elif kind == "drop_mid_body":
+            zip_faults = bulk_read.ZipFaults(row_share=float(params.get("fraction", 0.5)), complete=False)
+        elif kind == "corrupt_zip":
+            zip_faults = bulk_read.ZipFaults(corrupt_crc=True)
+        chunks = bulk_read.page_zip(job, quote_all=self.sandbox.options.bulk_read_quote_all, faults=zip_faults)
+        delay = 0.0
+        if kind == "slow_body":
+            chunks = _rechunk(chunks, int(params.get("chunk_size", CHUNK_SIZE)))
+            delay = float(params.get("delay", 0.5))
+
+        self.send_response(200)
+        self.send_header("Content-Type", READ_RESULT_CONTENT_TYPE)
+        self._send_filename_header(job_id)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._log(200)
+        try:
+            for position, chunk in enumerate(chunks):
+                if delay and position:
+                    time.sleep(delay)
+                if chunk:
+                    self.wfile.write(b"%X\r\n%b\r\n" % (len(chunk), chunk))
+            if kind == "drop_mid_body":  # no last chunk: the body ends mid-stream
+                self.wfile.flush()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     # --- admin ------------------------------------------------------------------------------------------
 
     _ADMIN_METHODS = frozenset({
         "info", "configure", "add_client", "revoke_refresh_token", "advance_clock", "add_fault", "clear_faults",
         "stats", "reset", "create_job_from_csv", "create_job_from_zip", "job_details", "connection_extra",
-        "airflow_connection", "airflow_connection_env",
+        "airflow_connection", "airflow_connection_env", "seed_module", "read_modules", "read_records",
+        "create_read_job", "read_jobs", "read_job_details",
     })
 
     def _from_this_machine(self) -> bool:
