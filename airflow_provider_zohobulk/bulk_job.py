@@ -1,14 +1,19 @@
-"""Bulk Write job details: one reading of Zoho's several spellings, shared by hook, sensor and trigger.
+"""Bulk job details: one reading of Zoho's several spellings, shared by hook, sensor and trigger.
 
 Zoho spells the same state ``IN PROGRESS`` or ``INPROGRESS`` depending on the source, and nests the
 interesting parts (per-resource status, file counts, download URL) a few levels deep. Every caller
 reads job details through these functions so that the variants are handled in one place.
+
+Bulk Write and Bulk Read jobs share the machinery: a Bulk Read job's ``state`` is normalised into
+``status`` too (:func:`normalise_read_job`), so :func:`is_complete` and :func:`raise_if_failed` serve
+both kinds, and the page of an export is read with :func:`read_page`.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,6 +101,48 @@ def normalise_job(job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+def normalise_read_job(job: Any) -> dict[str, Any]:
+    """A copy of a Bulk Read job's details (one item of Zoho's ``data`` list) with its ``state`` normalised
+    and copied to ``status``, after checking the shape the readers rely on."""
+    if not isinstance(job, dict):
+        raise ZohoMalformedResponseError(f"expected a JSON object with the job's details, got {_json_kind(job)}")
+    _expect(job.get("state"), (str,), "state", "a string")
+    _expect(job.get("status"), (str,), "status", "a string")
+    result = job.get("result")
+    _expect(result, (dict,), "result", "a JSON object")
+    for key, kinds, expected in (("download_url", (str,), "a string"), ("page", (int,), "a number"),
+                                 ("count", (int,), "a number"), ("per_page", (int,), "a number"),
+                                 ("more_records", (bool,), "true or false"),
+                                 ("next_page_token", (str,), "a string")):
+        _expect((result or {}).get(key), kinds, f"result.{key}", expected)
+    job = copy.deepcopy(job)
+    job["status"] = normalise_status(job.get("state") if job.get("state") is not None else job.get("status"))
+    return job
+
+
+@dataclass(frozen=True)
+class ReadPage:
+    """What a COMPLETED Bulk Read job says of its page: where to download it and how to ask for the next."""
+
+    page: int
+    count: int
+    download_url: str
+    more_records: bool
+    next_page_token: str | None
+
+
+def read_page(job: dict[str, Any], job_id: str) -> ReadPage:
+    """The page of a COMPLETED Bulk Read job, or :class:`ZohoMalformedResponseError` naming what is missing."""
+    result = job.get("result") or {}
+    if not result.get("download_url"):
+        raise ZohoMalformedResponseError(
+            "expected result.download_url in the details of a COMPLETED Bulk Read job", job_id=job_id)
+    more = bool(result.get("more_records"))
+    return ReadPage(page=int(result.get("page") or 1), count=int(result.get("count") or 0),
+                    download_url=result["download_url"], more_records=more,
+                    next_page_token=result.get("next_page_token") if more else None)
+
+
 def is_complete(job: dict[str, Any]) -> bool:
     return normalise_status(job.get("status")) == COMPLETED
 
@@ -105,12 +152,14 @@ def download_url(job: dict[str, Any]) -> str | None:
     return result.get("download_url") if isinstance(result, dict) else None
 
 
-def raise_if_failed(job: dict[str, Any], job_id: str) -> None:
+def raise_if_failed(job: dict[str, Any], job_id: str, kind: str = "Bulk Write") -> None:
     """Raise :class:`BulkJobFailedError` with Zoho's code and message if the job or a resource failed."""
     if normalise_status(job.get("status")) == FAILED:
+        result = job.get("result") if isinstance(job.get("result"), dict) else {}
+        detail = job.get("message") or result.get("message") or job.get("code") or result.get("code")
         raise BulkJobFailedError(
-            f"Zoho reports the Bulk Write job FAILED: {job.get('message') or job.get('code') or 'no detail'}",
-            code=job.get("code"),
+            f"Zoho reports the {kind} job FAILED: {detail or 'no detail'}",
+            code=job.get("code") or result.get("code"),
             job_id=job_id,
         )
     for index, resource in enumerate(job.get("resource") or []):

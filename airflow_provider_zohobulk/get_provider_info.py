@@ -45,7 +45,8 @@ def get_provider_info() -> dict:
         "triggers": [
             {
                 "integration-name": "Zoho CRM",
-                "python-modules": ["airflow_provider_zohobulk.triggers.bulk_write"],
+                "python-modules": ["airflow_provider_zohobulk.triggers.bulk_job",
+                                   "airflow_provider_zohobulk.triggers.bulk_write"],
             }
         ],
         "extra-links": ["airflow_provider_zohobulk.links.ZohoBulkWriteJobLink"],
