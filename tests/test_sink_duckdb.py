@@ -384,6 +384,6 @@ def test_buffer_pool_is_capped_during_a_load_unless_the_table_has_an_index(
     with duckdb.connect(str(database)) as con:
         after = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     assert len(seen) == 1
-    assert (seen[0] == "15.2 MiB") is not keyed
+    assert (seen[0] == "30.5 MiB") is not keyed
     assert rows_in(database) == expected_rows(batches_of(sample_rows(3)))
-    assert after != "15.2 MiB"  # restored when the load ends
+    assert after != "30.5 MiB"  # restored when the load ends
