@@ -1,4 +1,4 @@
-"""A local Zoho emulator (accounts, CRM Bulk Write API, result downloads) with faults on demand.
+"""A local Zoho emulator (accounts, CRM Bulk Write and Bulk Read APIs, result downloads) with faults on demand.
 
 ``ZohoSandbox`` runs in-process (tests, benchmarks); ``python -m airflow_provider_zohobulk.sandbox``
 runs it in the foreground for the demo and users' CI, and ``ZohoSandbox.attach(url, admin_token=...)``
