@@ -363,23 +363,43 @@ def read_bulk_write_result(
 def canonical_member_batches(
     file_name: str, member_chunks: Iterator[bytes], *, job_id: str, block_size: int, max_columns: int
 ) -> Iterator[tuple[str, pa.RecordBatch]]:
-    """One CSV member through decode and canonical layout, its stages overlapped in threads.
+    """One CSV member through decode and canonical layout (:func:`member_batches`)."""
 
-    The canonical layout is built in the decoding thread, not the consumer's: the consumer is the sink
+    def canonical(batch: pa.RecordBatch, first_row_number: int) -> pa.RecordBatch:
+        return to_canonical(batch, job_id=job_id, file_name=file_name, first_row_number=first_row_number)
+
+    return member_batches(file_name, member_chunks, layout=canonical, block_size=block_size,
+                          max_columns=max_columns)
+
+
+#: Turns one decoded batch into a job kind's row layout, given the 1-based number of its first row.
+RowLayout = Callable[[pa.RecordBatch, int], pa.RecordBatch]
+
+
+def member_batches(
+    file_name: str, member_chunks: Iterator[bytes], *, layout: RowLayout, block_size: int, max_columns: int,
+    empty_as_null: bool = True,
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """One CSV member through decode and a job kind's row layout, its stages overlapped in threads:
+    the one member pipeline of every Bulk job kind (results: :func:`to_canonical`; exports:
+    ``bulk_read.read_export_page``). ``empty_as_null`` is the decoder's (``stream.decode``).
+
+    The layout is built in the decoding thread, not the consumer's: the consumer is the sink
     (Parquet encoding, a database driver), the slowest stage, so every CPU-second taken off its thread
-    shortens the whole load.
+    shortens the whole load. A CSV error whose cause is a corrupt archive is reported as the archive
+    error (:class:`_ArchiveErrorWitness`).
     """
     witness = _ArchiveErrorWitness(member_chunks)
     chunks_ahead = readahead(witness, depth=8)
 
-    def canonical_batches() -> Iterator[pa.RecordBatch]:
+    def laid_out_batches() -> Iterator[pa.RecordBatch]:
         next_row = 1
         for batch in iter_csv_batches(chunks_ahead, file_name=file_name, block_size=block_size,
-                                      max_columns=max_columns):
-            yield to_canonical(batch, job_id=job_id, file_name=file_name, first_row_number=next_row)
+                                      max_columns=max_columns, empty_as_null=empty_as_null):
+            yield layout(batch, next_row)
             next_row += batch.num_rows
 
-    batches_ahead = readahead(canonical_batches(), depth=2)
+    batches_ahead = readahead(laid_out_batches(), depth=2)
     try:
         for batch in batches_ahead:
             yield file_name, batch

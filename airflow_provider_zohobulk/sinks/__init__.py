@@ -1,4 +1,4 @@
-"""Destinations for canonical Bulk Write result rows; all share :class:`ResultSink`'s staged interface.
+"""Destinations for Bulk Write results and Bulk Read exports; all share :class:`ResultSink`'s staged interface.
 
 The sinks are imported on first use (PEP 562): each pulls in its own heavy client (smart-open with
 boto3, duckdb, psycopg), and a DAG file or a task that uses one sink should pay for that one only.
@@ -9,14 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_zohobulk.sinks.base import ResultSink, load_batches
+from airflow_provider_zohobulk.sinks.base import ExportLoad, ResultSink, load_batches, load_export_batches
 
 if TYPE_CHECKING:
     from airflow_provider_zohobulk.sinks.duckdb import DuckDBSink
     from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink
     from airflow_provider_zohobulk.sinks.sql import SqlSink
 
-__all__ = ["DuckDBSink", "ObjectStorageSink", "ResultSink", "SqlSink", "load_batches"]
+__all__ = [
+    "DuckDBSink", "ExportLoad", "ObjectStorageSink", "ResultSink", "SqlSink", "load_batches", "load_export_batches"]
 
 _LAZY = {
     "DuckDBSink": "airflow_provider_zohobulk.sinks.duckdb",

@@ -14,16 +14,53 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pyarrow as pa
 
-from airflow_provider_zohobulk.errors import SinkError
+from airflow_provider_zohobulk.bulk_read import EXPORT_META_COLUMNS, RESERVED_EXPORT_COLUMNS
+from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
+
+#: The ways a warehouse takes in a Bulk Read export (object storage writes one object per page either way).
+EXPORT_WRITE_MODES = ("replace", "merge")
+
+
+@dataclass(frozen=True)
+class ExportLoad:
+    """What a sink needs to know about one Bulk Read export run, given to :meth:`ResultSink.open_export`.
+
+    An export is not a single job: Zoho runs one job per page, so the run is named after the first
+    page's job (``run_id``), which is also what the rows' ``_job_id`` column holds for page 1.
+    """
+
+    #: The Zoho module's API name, e.g. ``"Leads"``.
+    module: str
+    #: The first page's job id: names the run in messages.
+    run_id: str
+    #: ``"replace"``: the table holds exactly this export after commit; ``"merge"``: rows are
+    #: inserted or updated on ``key``, others kept. Object storage ignores it.
+    write_mode: str = "replace"
+    #: The merge key, a module column (Zoho's record id).
+    key: str = "Id"
+
+    def __post_init__(self) -> None:
+        if self.write_mode not in EXPORT_WRITE_MODES:
+            raise SinkConfigurationError(
+                f"write_mode {self.write_mode!r} is not one of {', '.join(map(repr, EXPORT_WRITE_MODES))}",
+                job_id=self.run_id or None)
+        for name in ("module", "run_id", "key"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise SinkConfigurationError(
+                    f"ExportLoad.{name} must be a non-empty string, got {value!r}", job_id=self.run_id or None)
 
 
 class ResultSink(abc.ABC):
     """A destination for canonical Bulk Write result batches (see ``bulk_result.canonical_schema``: the
-    same columns for every batch, ``source`` a struct of the CSV member's own mapped columns)."""
+    same columns for every batch, ``source`` a struct of the CSV member's own mapped columns), and for
+    Bulk Read exports (see ``bulk_read.read_export_page``: the module's own columns, then
+    ``_job_id``, ``_page``, ``_row_number``), opened with :meth:`open` and :meth:`open_export`."""
 
     template_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -36,6 +73,15 @@ class ResultSink(abc.ABC):
     @abc.abstractmethod
     def open(self, job_id: str) -> None:
         """Prepare to receive the rows of ``job_id`` (connect, start a transaction or upload)."""
+
+    def open_export(self, load: ExportLoad) -> None:
+        """Prepare to receive every page of one Bulk Read export run; all pages commit together.
+
+        Not abstract, so that a custom sink written for Bulk Write results keeps working; it says
+        clearly that it cannot take exports instead.
+        """
+        raise SinkConfigurationError(
+            f"{type(self).__name__} does not load Bulk Read exports (it has no open_export)", job_id=load.run_id)
 
     @abc.abstractmethod
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
@@ -84,6 +130,33 @@ class ResultSink(abc.ABC):
 
 
 
+_EXPORT_META_TYPES = (pa.string(), pa.int64(), pa.int64())
+
+
+def check_export_batch(batch: pa.RecordBatch, *, sink: str, job_id: str, file_name: str) -> tuple[str, ...]:
+    """The module columns of an export batch, after checking it has the export layout: string
+    columns with distinct, non-empty names, then ``_job_id`` (string), ``_page`` and ``_row_number``
+    (int64). Raises a SinkError naming what is wrong, so a sink never writes a half-understood batch."""
+    names = tuple(batch.schema.names)
+    module_columns = names[: -len(EXPORT_META_COLUMNS)]
+    problem = None
+    if names[len(module_columns):] != EXPORT_META_COLUMNS:
+        problem = f"its last columns are {list(names[-3:])!r}, not {list(EXPORT_META_COLUMNS)!r}"
+    elif [batch.schema.field(name).type for name in EXPORT_META_COLUMNS] != list(_EXPORT_META_TYPES):
+        problem = "_job_id must be a string column and _page, _row_number int64 columns"
+    elif reserved := [name for name in module_columns if name in RESERVED_EXPORT_COLUMNS]:
+        problem = f"module column {reserved[0]!r} has a name reserved for the export's own columns"
+    elif len(set(names)) != len(names) or "" in module_columns:
+        problem = "its column names are not distinct and non-empty"
+    elif wrong := [field.name for field in batch.schema if field.name in module_columns
+                   and not pa.types.is_string(field.type)]:
+        problem = f"module column {wrong[0]!r} is not a string column"
+    if problem:
+        raise SinkError(f"{sink} got a batch that is not a Bulk Read export page: {problem}",
+                        job_id=job_id, file_name=file_name)
+    return module_columns
+
+
 class StagedLoad(abc.ABC):
     """The state of one open..commit/abort cycle: a connection and transaction, or staged uploads.
 
@@ -118,8 +191,10 @@ class StagedSink(ResultSink):
 
     #: The load between open and commit/abort; None otherwise.
     _load: StagedLoad | None = None
-    #: The open load's job, and per CSV file the row_number its next batch must start at.
+    #: The open load's job (an export's run id), the column that numbers its rows (``row_number``
+    #: for results, ``_row_number`` for exports), and per file the number its next batch must start at.
     _job_id: str
+    _row_column: str
     _next_row: dict[str, int]
 
     @abc.abstractmethod
@@ -127,16 +202,29 @@ class StagedSink(ResultSink):
         """Check the rendered settings and start a load of ``job_id`` (connect, begin); raise a SinkError
         after cleaning up if that fails."""
 
+    def _start_export(self, load: ExportLoad) -> StagedLoad:
+        """Check the rendered settings and start loading a Bulk Read export run (see :class:`ExportLoad`);
+        raise a SinkError after cleaning up if that fails. The shipped sinks all implement it; a custom
+        sink that does not is refused clearly."""
+        raise SinkConfigurationError(f"{self._describe()} does not load Bulk Read exports", job_id=load.run_id)
+
     @abc.abstractmethod
     def _describe(self) -> str:
         """The sink and its destination for error messages, e.g. ``DuckDBSink for table 'results'``."""
 
     def open(self, job_id: str) -> None:
+        self._refuse_second_load(job_id)
+        self._load = self._start_load(job_id)
+        self._job_id, self._row_column, self._next_row = job_id, "row_number", {}
+
+    def open_export(self, load: ExportLoad) -> None:
+        self._refuse_second_load(load.run_id)
+        self._load = self._start_export(load)
+        self._job_id, self._row_column, self._next_row = load.run_id, "_row_number", {}
+
+    def _refuse_second_load(self, job_id: str) -> None:
         if self._load is not None:
             raise SinkError(f"{self._describe()} is already loading a job", job_id=job_id)
-        self._load = self._start_load(job_id)
-        self._job_id = job_id
-        self._next_row = {}
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         if self._load is None:
@@ -145,16 +233,17 @@ class StagedSink(ResultSink):
         self._load.write(file_name, batch)
 
     def _check_row_numbers(self, file_name: str, batch: pa.RecordBatch) -> None:
-        """Each file's rows must arrive once, numbered 1, 2, 3, ... across its batches.
+        """Each file's rows (an export: each page's) must arrive once, numbered 1, 2, 3, ... across its
+        batches.
 
         This is what keeps ``(job_id, file_name, row_number)`` unique at every destination without a
         database constraint (DuckDB holds a key's index in memory for every row a transaction adds):
         the load replaces the job's rows, so a duplicate could only come from the stream itself, such
         as a zip holding two members of the same name.
         """
-        if not batch.num_rows or "row_number" not in batch.schema.names:
-            return  # the layout itself is checked by the load (conform_batch)
-        numbers = batch.column("row_number")
+        if not batch.num_rows or self._row_column not in batch.schema.names:
+            return  # the layout itself is checked by the load (conform_batch, check_export_batch)
+        numbers = batch.column(self._row_column)
         first, last = numbers[0].as_py(), numbers[-1].as_py()
         expected = self._next_row.get(file_name, 1)
         if first != expected or last != first + batch.num_rows - 1:
@@ -203,6 +292,20 @@ def load_batches(
 ) -> list[str]:
     """Drive a sink through one load: open, write each batch, commit; abort on any exception."""
     sink.open(job_id)
+    return _write_and_commit(sink, batches)
+
+
+def load_export_batches(
+    sink: ResultSink, load: ExportLoad, batches: Iterable[tuple[str, pa.RecordBatch]]
+) -> list[str]:
+    """Drive a sink through one Bulk Read export run: open_export, write each page's batches, commit;
+    abort on any exception, so a failed page leaves the destination as it was."""
+    sink.open_export(load)
+    return _write_and_commit(sink, batches)
+
+
+def _write_and_commit(sink: ResultSink, batches: Iterable[tuple[str, pa.RecordBatch]]) -> list[str]:
+    """The part of a load after open: the same for results and exports."""
     try:
         for file_name, batch in batches:
             sink.write(file_name, batch)

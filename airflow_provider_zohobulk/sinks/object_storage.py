@@ -31,6 +31,12 @@ objects become visible one after the other at commit: each one atomically, not a
 ``{file}`` a second CSV is refused, whatever its columns: its rows would replace the first one's, and
 a Parquet file's schema is one CSV's own (``source`` is the struct of its mapped columns).
 
+A Bulk Read export (:meth:`ObjectStorageSink.open_export`) is loaded the same way, one object per page
+(the operator names pages ``<module>-<page>``, so ``{file}`` becomes ``Leads-00001``; required when
+the export has several pages), all of them published at commit, once every page has been read and
+verified. The objects hold the export's own columns, one per field, not the canonical layout
+(:mod:`airflow_provider_zohobulk.sinks.formats` describes each format).
+
 Compression (``.gz``, ``.bz2``, ``.xz``, ``.zst`` after the format's extension) is applied here, on
 the byte stream, instead of by smart-open's by-extension wrappers: the sink must finish a
 compressed member (write its trailer) without closing the upload under it, and smart-open's
@@ -58,8 +64,10 @@ import pyarrow as pa
 
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import (
+    ExportLoad,
     StagedLoad,
     StagedSink,
+    check_export_batch,
     describe_exception,
     is_templated,
     unwind_as_failed,
@@ -210,7 +218,9 @@ class ObjectStorageSink(StagedSink):
     or a local path. The format comes from its extension (``.parquet``, ``.csv``, ``.jsonl`` /
     ``.ndjson``, the latter two optionally compressed by a further ``.gz``, ``.bz2``, ``.xz`` or
     ``.zst``) or from ``format``. ``{file}`` in the URI is replaced by the CSV member's name without
-    ``.csv`` (``Leads-Leads``); it is required when an archive holds several CSV files.
+    ``.csv`` (``Leads-Leads``); it is required when an archive holds several CSV files. A Bulk Read
+    export (:meth:`open_export`) writes one object per page, ``{file}`` being the page's name
+    (``Leads-00001``), with the export's own columns.
 
     ``conn_id``: an Airflow connection whose credentials reach the store: ``aws`` for ``s3://``
     (endpoint URL, region and keys taken from it), ``google_cloud_platform`` for ``gs://``,
@@ -262,10 +272,18 @@ class ObjectStorageSink(StagedSink):
         return f"ObjectStorageSink for {self.uri!r}"
 
     def _start_load(self, job_id: str) -> _Load:
+        return self._start(job_id, None)
+
+    def _start_export(self, load: ExportLoad) -> _Load:
+        """An export: one object per page, the export's own columns (``write_mode`` does not apply: each
+        run writes its pages' objects, replacing objects of the same names)."""
+        return self._start(load.run_id, load)
+
+    def _start(self, job_id: str, export: ExportLoad | None) -> _Load:
         destination = parse_destination(self.uri, self.format)
         if destination.compression == ".zst":
             _require_zstandard(self.uri)
-        return _Load(self, destination, job_id, self._resolve_transport_params(destination))
+        return _Load(self, destination, job_id, self._resolve_transport_params(destination), export)
 
     def _resolve_transport_params(self, destination: Destination) -> dict[str, Any]:
         params = dict(self.transport_params)
@@ -303,15 +321,19 @@ class _StagedObject:
     encoder: BatchEncoder
     local: StagingFile | None = None  # local destinations only
     final_path: str | None = None
+    #: An export's object: the columns of its first batch, which every later batch must have.
+    columns: tuple[str, ...] | None = None
 
 
 class _Load(StagedLoad):
     """The state of one open..commit/abort cycle of an :class:`ObjectStorageSink`."""
 
     def __init__(self, sink: ObjectStorageSink, destination: Destination, job_id: str,
-                 transport_params: dict[str, Any]) -> None:
+                 transport_params: dict[str, Any], export: ExportLoad | None = None) -> None:
         self.destination = destination
         self.job_id = job_id
+        #: Set for a Bulk Read export: flat objects, one per page.
+        self.export = export
         self.transport_params = transport_params
         self.parquet_codec = sink.parquet_codec
         self.staged: list[_StagedObject] = []
@@ -321,18 +343,35 @@ class _Load(StagedLoad):
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         staged = self.by_member.get(file_name) or self._stage_member(file_name)
-        batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=staged.uri)
+        if self.export is None:
+            batch = conform_batch(batch, job_id=self.job_id, file_name=file_name, destination=staged.uri)
+        else:
+            self._check_export_columns(staged, file_name, batch)
         try:
             staged.encoder.write(batch)
         except Exception as exc:
             raise SinkError(f"writing to {staged.uri!r} failed: {describe_exception(exc)}",
                             job_id=self.job_id, file_name=file_name) from exc
 
+    def _check_export_columns(self, staged: _StagedObject, file_name: str, batch: pa.RecordBatch) -> None:
+        """An export batch has the export layout, and the columns of the object's (the page's) first batch:
+        an object holds one page, whose header names its columns once."""
+        check_export_batch(batch, sink=f"ObjectStorageSink for {staged.uri!r}", job_id=self.job_id,
+                           file_name=file_name)
+        columns = tuple(batch.schema.names)
+        if staged.columns is None:
+            staged.columns = columns
+        elif staged.columns != columns:
+            raise SinkError(f"the batches of {file_name!r} for {staged.uri!r} do not all have the same columns "
+                            f"({list(staged.columns)} then {list(columns)}); one object holds one page",
+                            job_id=self.job_id, file_name=file_name)
+
     def _stage_member(self, file_name: str) -> _StagedObject:
         if self.by_member and not self.destination.per_file:
             first = next(iter(self.by_member))
+            what = "export has several pages" if self.export is not None else "archive holds several CSV files"
             raise SinkConfigurationError(
-                f"the archive holds several CSV files ({first!r}, {file_name!r}) but {self.destination.uri!r} has no "
+                f"the {what} ({first!r}, {file_name!r}) but {self.destination.uri!r} has no "
                 "{file} placeholder, so they would overwrite each other; put {file} in the URI",
                 job_id=self.job_id, file_name=file_name)
         try:
@@ -370,7 +409,8 @@ class _Load(StagedLoad):
             if compressor is not None:
                 scope.callback(compressor.close)
                 stream = compressor
-            encoder = make_encoder(self.destination.format, stream, parquet_codec=self.parquet_codec)
+            encoder = make_encoder(self.destination.format, stream, parquet_codec=self.parquet_codec,
+                                   flat=self.export is not None)
             scope.callback(encoder.finish)
         except Exception as exc:
             unwind_as_failed(scope, self.job_id)

@@ -31,7 +31,9 @@ How it works, and why:
 Decisions a caller can rely on:
 
 * Every value is text (``pa.string()``), never inferred: ``RECORD_ID`` keeps its leading zeros and
-  all 19 digits. An empty field, quoted or not, is null.
+  all 19 digits. An empty field, quoted or not, is null; with ``empty_as_null=False`` it is the
+  empty string ``""`` (a Bulk Read export: an empty cell is a field that is empty, not one that is
+  missing, and a file format that can tell them apart should keep it empty).
 * Header names are kept as written (the one UTF-8 BOM starting the member is dropped). An empty
   name becomes ``column_<n>`` (its 1-based position) and a repeated name gets ``_2``, ``_3``... in
   order of appearance, so every column has a unique, deterministic name
@@ -176,10 +178,12 @@ def first_row_end(data: bytes, start: int = 0) -> int:
 class CsvDecoder:
     """State of one member's decoding: its columns, the rows done so far, the parse options."""
 
-    def __init__(self, file_name: str, block_size: int, max_field_bytes: int, max_columns: int) -> None:
+    def __init__(self, file_name: str, block_size: int, max_field_bytes: int, max_columns: int,
+                 empty_as_null: bool = True) -> None:
         if block_size <= 0 or max_field_bytes <= 0 or max_columns <= 0:
             raise ValueError("block_size, max_field_bytes and max_columns must be positive")
         self.file_name = file_name
+        self.empty_as_null = empty_as_null
         self.block_size = block_size
         self.max_field_bytes = max(max_field_bytes, block_size)
         self.max_columns = max_columns
@@ -213,7 +217,8 @@ class CsvDecoder:
         self.parse_options = pacsv.ParseOptions(newlines_in_values=True, double_quote=True, ignore_empty_lines=True)
         self.convert_options = pacsv.ConvertOptions(
             column_types=dict.fromkeys(self.names, pa.string()),
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
+            null_values=[""] if self.empty_as_null else [],
+            strings_can_be_null=self.empty_as_null, quoted_strings_can_be_null=self.empty_as_null,
         )
 
     # --- data blocks ------------------------------------------------------------------------------
@@ -347,9 +352,11 @@ def strict_csv_rows(text: str, max_field_chars: int) -> Iterator[list[str]]:
 
 def iter_csv_batches(
     chunks: Iterable[bytes], *, file_name: str, block_size: int = 1 << 20, max_field_bytes: int = 16 << 20,
-    max_columns: int = UnzipLimits.max_columns,
+    max_columns: int = UnzipLimits.max_columns, empty_as_null: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Decode a CSV member incrementally into RecordBatches of string columns.
+
+    An empty field is null, or ``""`` with ``empty_as_null=False`` (see the module docstring).
 
     Memory is bounded by about ``block_size`` plus one input chunk (more only while one row is
     longer, up to ``max_field_bytes``, which bounds a whole row: no field can be longer than it),
@@ -361,7 +368,7 @@ def iter_csv_batches(
     :class:`~airflow_provider_zohobulk.errors.ColumnLimitError` for a header or row with more than
     ``max_columns`` fields.
     """
-    decoder = CsvDecoder(file_name, block_size, max_field_bytes, max_columns)
+    decoder = CsvDecoder(file_name, block_size, max_field_bytes, max_columns, empty_as_null)
     iterator = iter(chunks)
     buffer = read_header(decoder, iterator)
     yielded = False
