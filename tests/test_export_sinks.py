@@ -329,12 +329,13 @@ def test_merge_needs_its_key_in_every_row(database: Path, zoho_sandbox):
     load_export(sink, sandbox_export(zoho_sandbox, records=100, fields=["Id", "Email"]))
     before = table_snapshot(database)
     without_key = [("Leads-00001.csv", export_batch([{"Email": "a@example.com"}], ["Email"]))]
-    with pytest.raises(SinkConfigurationError, match=r"the merge key 'Id' is not a column of 'Leads-00001.csv'"):
+    with pytest.raises(SinkConfigurationError, match=r"the merge key 'Id' is not a column of this page") as refused:
         load_export_batches(sink, ExportLoad("Leads", "J1", "merge"), without_key)
+    assert refused.value.file_name == "Leads-00001.csv"
     empty_key = [("Leads-00001.csv", export_batch([{"Id": "7"}, {"Id": ""}], ["Id", "Email"]))]
-    with pytest.raises(SinkError, match=r"the merge key 'Id' is empty in a row of 'Leads-00001\.csv'") as caught:
+    with pytest.raises(SinkError, match=r"cannot merge a record whose merge key 'Id' is empty") as caught:
         load_export_batches(sink, ExportLoad("Leads", "J1", "merge"), empty_key)
-    assert caught.value.row_number == 2
+    assert (caught.value.file_name, caught.value.row_number) == ("Leads-00001.csv", 2)
     assert table_snapshot(database) == before
 
 

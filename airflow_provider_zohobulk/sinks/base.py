@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from airflow_provider_zohobulk.arrow_values import bool_scalar, string_scalar
 from airflow_provider_zohobulk.bulk_read import EXPORT_META_COLUMNS, RESERVED_EXPORT_COLUMNS
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 
@@ -133,10 +135,14 @@ class ResultSink(abc.ABC):
 _EXPORT_META_TYPES = (pa.string(), pa.int64(), pa.int64())
 
 
-def check_export_batch(batch: pa.RecordBatch, *, sink: str, job_id: str, file_name: str) -> tuple[str, ...]:
+def check_export_batch(batch: pa.RecordBatch, *, sink: str, job_id: str, file_name: str,
+                       merge_key: str | None = None) -> tuple[str, ...]:
     """The module columns of an export batch, after checking it has the export layout: string
     columns with distinct, non-empty names, then ``_job_id`` (string), ``_page`` and ``_row_number``
-    (int64). Raises a SinkError naming what is wrong, so a sink never writes a half-understood batch."""
+    (int64). Raises a SinkError naming what is wrong, so a sink never writes a half-understood batch.
+
+    With ``merge_key`` (a merge load), every row must have that key: a row without one could never be
+    matched again, so each re-run would add it once more, and an empty key would match every other."""
     names = tuple(batch.schema.names)
     module_columns = names[: -len(EXPORT_META_COLUMNS)]
     problem = None
@@ -154,6 +160,17 @@ def check_export_batch(batch: pa.RecordBatch, *, sink: str, job_id: str, file_na
     if problem:
         raise SinkError(f"{sink} got a batch that is not a Bulk Read export page: {problem}",
                         job_id=job_id, file_name=file_name)
+    if merge_key is not None:
+        if merge_key not in module_columns:
+            raise SinkConfigurationError(
+                f"{sink} cannot merge: the merge key {merge_key!r} is not a column of this page (its columns: "
+                f"{list(module_columns)[:30]}), nothing was changed", job_id=job_id, file_name=file_name)
+        empty = pc.fill_null(pc.equal(batch.column(merge_key), string_scalar("")), bool_scalar(True))
+        first = pc.index(empty, bool_scalar(True)).as_py()
+        if first >= 0:
+            raise SinkError(f"{sink} cannot merge a record whose merge key {merge_key!r} is empty, nothing was "
+                            "changed", job_id=job_id, file_name=file_name,
+                            row_number=batch.column("_row_number")[first].as_py())
     return module_columns
 
 

@@ -59,9 +59,7 @@ from urllib.parse import quote
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from airflow_provider_zohobulk.arrow_values import bool_scalar, string_scalar
 from airflow_provider_zohobulk.bulk_read import EXPORT_META_COLUMNS
 from airflow_provider_zohobulk.bulk_result import CANONICAL_COLUMNS
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
@@ -510,10 +508,13 @@ class _DuckDBExportLoad(_DuckDBLoad):
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
         assert self.open is not None
-        module_columns = check_export_batch(batch, sink=f"DuckDBSink for table {self.table!r}", job_id=self.job_id,
-                                            file_name=file_name)
-        if self.export.write_mode == "merge":
-            self._check_merge_key(file_name, batch, module_columns)
+        try:
+            module_columns = check_export_batch(
+                batch, sink=f"DuckDBSink for table {self.table!r}", job_id=self.job_id, file_name=file_name,
+                merge_key=self.export.key if self.export.write_mode == "merge" else None)
+        except SinkError:
+            self.abort()
+            raise
         try:
             if self.inserting is None or not self.inserting.equals(batch.schema):
                 self._finish_insert()  # ALTER TABLE waits for no INSERT: the running one ends first
@@ -525,26 +526,6 @@ class _DuckDBExportLoad(_DuckDBLoad):
         except Exception as exc:
             self.abort()
             raise self._failure("inserting rows into", exc, file_name) from exc
-
-    def _check_merge_key(self, file_name: str, batch: pa.RecordBatch, module_columns: tuple[str, ...]) -> None:
-        """A merge matches rows on the key, so every row needs one: a missing key would be inserted again on
-        every re-run, and an empty one would match every other empty one."""
-        key = self.export.key
-        if key not in module_columns:
-            self.abort()
-            raise SinkConfigurationError(
-                f"the merge key {key!r} is not a column of {file_name!r}; its columns are {list(module_columns)}; "
-                "nothing was changed", job_id=self.job_id, file_name=file_name)
-        if not batch.num_rows:
-            return
-        empty = pc.fill_null(pc.equal(batch.column(key), string_scalar("")), bool_scalar(True))
-        first = pc.index(empty, bool_scalar(True)).as_py()
-        if first >= 0:
-            self.abort()
-            raise SinkError(
-                f"the merge key {key!r} is empty in a row of {file_name!r}, so that row cannot be merged; "
-                "nothing was changed", job_id=self.job_id, file_name=file_name,
-                row_number=batch.column("_row_number")[first].as_py())
 
     def _ensure_columns(self, module_columns: tuple[str, ...]) -> None:
         """Create the table (and a merge's stage) with these columns, or add those it lacks."""

@@ -46,11 +46,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from airflow_provider_zohobulk.arrow_values import bool_scalar, string_scalar
 from airflow_provider_zohobulk.bulk_read import EXPORT_META_COLUMNS
-from airflow_provider_zohobulk.bulk_result import shown
 from airflow_provider_zohobulk.errors import SinkConfigurationError, SinkError
 from airflow_provider_zohobulk.sinks.base import (
     ExportLoad,
@@ -434,23 +431,9 @@ _LOADED_AT = "_loaded_at"
 _RANK = "_zohobulk_rank"
 
 
-def _check_export_page(batch: pa.RecordBatch, load: ExportLoad, table: str, file_name: str) -> tuple[str, ...]:
-    """The batch's module columns, after checking the export layout and, for a merge, that every row has
-    a key: a row without one could never be matched again, so each re-run would add it once more."""
-    sink = f"SqlSink for table {table!r}"
-    module_columns = check_export_batch(batch, sink=sink, job_id=load.run_id, file_name=file_name)
-    if load.write_mode != "merge":
-        return module_columns
-    if load.key not in module_columns:
-        raise SinkConfigurationError(
-            f"{sink} cannot merge: the merge key {load.key!r} is not a column of this page (its columns: "
-            f"{shown(module_columns)}), nothing was changed", job_id=load.run_id, file_name=file_name)
-    empty = pc.fill_null(pc.equal(batch.column(load.key), string_scalar("")), bool_scalar(True))
-    first = pc.index(empty, bool_scalar(True)).as_py()
-    if first >= 0:
-        raise SinkError(f"{sink} cannot merge a record whose merge key {load.key!r} is empty, nothing was changed",
-                        job_id=load.run_id, file_name=file_name, row_number=batch.column("_row_number")[first].as_py())
-    return module_columns
+def _checked_module_columns(batch: pa.RecordBatch, load: ExportLoad, table: str, file_name: str) -> tuple[str, ...]:
+    return check_export_batch(batch, sink=f"SqlSink for table {table!r}", job_id=load.run_id, file_name=file_name,
+                              merge_key=load.key if load.write_mode == "merge" else None)
 
 
 def _columns_of(module_columns: list[str] | tuple[str, ...]) -> list[str]:
@@ -597,7 +580,7 @@ class _PostgresExportLoad(StagedLoad):
         }
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        columns = (*_check_export_page(batch, self.load, self.table, file_name), *EXPORT_META_COLUMNS)
+        columns = (*_checked_module_columns(batch, self.load, self.table, file_name), *EXPORT_META_COLUMNS)
         try:
             if columns != self.copy_columns:
                 self._copy_into(columns)
@@ -740,7 +723,7 @@ class _DbApiExportLoad(StagedLoad):
                            self.secret) from exc
 
     def write(self, file_name: str, batch: pa.RecordBatch) -> None:
-        columns = (*_check_export_page(batch, self.load, self.table, file_name), *EXPORT_META_COLUMNS)
+        columns = (*_checked_module_columns(batch, self.load, self.table, file_name), *EXPORT_META_COLUMNS)
         try:
             cursor = self.connection.cursor()
             self._widen_stage(cursor, columns)
