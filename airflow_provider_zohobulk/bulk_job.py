@@ -155,11 +155,14 @@ def download_url(job: dict[str, Any]) -> str | None:
 def raise_if_failed(job: dict[str, Any], job_id: str, kind: str = "Bulk Write") -> None:
     """Raise :class:`BulkJobFailedError` with Zoho's code and message if the job or a resource failed."""
     if normalise_status(job.get("status")) == FAILED:
+        # Zoho's reason is on the job, in its result, or (Bulk Read) in an "error" object.
         result = job.get("result") if isinstance(job.get("result"), dict) else {}
-        detail = job.get("message") or result.get("message") or job.get("code") or result.get("code")
+        error = job.get("error") if isinstance(job.get("error"), dict) else {}
+        detail = (job.get("message") or error.get("message") or result.get("message")
+                  or job.get("code") or error.get("code") or result.get("code"))
         raise BulkJobFailedError(
             f"Zoho reports the {kind} job FAILED: {detail or 'no detail'}",
-            code=job.get("code") or result.get("code"),
+            code=job.get("code") or error.get("code") or result.get("code"),
             job_id=job_id,
         )
     for index, resource in enumerate(job.get("resource") or []):

@@ -33,7 +33,8 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "Zoho CRM",
-                "python-modules": ["airflow_provider_zohobulk.operators.bulk_write"],
+                "python-modules": ["airflow_provider_zohobulk.operators.bulk_read",
+                                   "airflow_provider_zohobulk.operators.bulk_write"],
             }
         ],
         "sensors": [

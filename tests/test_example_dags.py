@@ -88,3 +88,51 @@ def test_warehouse_example_dag_loads_postgres_and_reruns_without_duplicates(zoho
         rows = con.execute('SELECT status, count(*) FROM public."Bulk Results" WHERE job_id = %s GROUP BY status',
                            [job_id]).fetchall()
     assert sum(count for _status, count in rows) == 75
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.slow
+def test_bulk_read_example_exports_two_modules_into_parquet_and_sqlite_and_merges_reruns(zoho_sandbox, tmp_path):
+    """``zoho_bulk_read_incremental`` as a person runs it for 2026-01-02 with two modules from the form:
+    the mapped exports, the day's window, Parquet per page, one merged SQLite table per module."""
+    import sqlite3
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    day_start, day_end = datetime.fromisoformat("2026-01-01T00:00:00+00:00"), datetime.fromisoformat(
+        "2026-01-02T00:00:00+00:00")
+    expected = {}
+    for module in ("Leads", "Contacts"):
+        zoho_sandbox.seed_module(module, 600, seed=9, modified_from="2025-12-31T12:00:00+00:00",
+                                 modified_to="2026-01-02T12:00:00+00:00")  # half of them in the day
+        answer = zoho_sandbox.read_records(module, limit=600)
+        rows = [dict(zip(answer["fields"], record, strict=True)) for record in answer["records"]]
+        expected[module] = [row for row in rows
+                            if day_start <= datetime.fromisoformat(row["Modified_Time"]) < day_end]
+    zoho_sandbox.configure(bulk_read_per_page=200, bulk_read_downloads_per_minute=None)
+    warehouse = tmp_path / "warehouse.db"
+    env = migrated_airflow_env(
+        tmp_path / "airflow", zoho_sandbox.airflow_connection_env(),
+        {"AIRFLOW_CONN_EXAMPLE_SQLITE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)})},
+        ZOHOBULK_OUTPUT_DIR=str(tmp_path / "out"))
+    conf = {"modules": ["Leads", "Contacts"], "warehouse_conn_id": "example_sqlite"}
+    for _run in range(2):  # the same day again: merged on Id, no duplicates
+        result = airflow_cli("dags", "test", "zoho_bulk_read_incremental", "2026-01-02", "-c", json.dumps(conf),
+                             env=env)
+        output = result.stdout + result.stderr
+        assert output.count("Read and verified all") == 4  # 2 modules x (Parquet, SQLite)
+    for module, rows in expected.items():
+        assert 200 < len(rows) < 400
+        files = sorted((tmp_path / "out" / "lake" / "bulk_read" / module / "2026-01-01").iterdir())
+        assert [path.name for path in files] == [f"{module}-0000{n}.parquet" for n in (1, 2)]
+        table = pa.concat_tables([pq.read_table(path) for path in files])
+        assert table.select(list(rows[0])).to_pylist() == rows
+        columns = ", ".join(f'"{name}"' for name in rows[0])
+        with sqlite3.connect(warehouse) as connection:
+            stored = connection.execute(f'SELECT {columns} FROM "zoho_{module.lower()}" ORDER BY "Id"').fetchall()
+        assert [dict(zip(rows[0], row, strict=True)) for row in stored] == rows
+    assert len(zoho_sandbox.read_jobs()) == 2 * 2 * 2 * 2  # runs x modules x destinations x pages
+    for secret in ("sandbox-client-secret", "sandbox-refresh-token"):
+        assert secret not in output

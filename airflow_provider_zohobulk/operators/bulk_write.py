@@ -9,14 +9,12 @@ knows nothing of Airflow.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from airflow.sdk import Asset, BaseOperator, conf
+from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_lean_memory_pool
@@ -28,6 +26,7 @@ from airflow_provider_zohobulk.errors import (
 )
 from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 from airflow_provider_zohobulk.links import ZohoBulkWriteJobLink, job_web_url
+from airflow_provider_zohobulk.operators.common import asset_for, lineage, poll_until_complete, record_asset_event
 from airflow_provider_zohobulk.progress import Progress
 from airflow_provider_zohobulk.sinks.base import ResultSink, load_batches
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
@@ -37,17 +36,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
-
-
-def asset_for(sink: ResultSink) -> Asset | None:
-    """The Asset a sink's destination stands for, stable across runs (see ``parse_time_asset_uri``)."""
-    uri = sink.parse_time_asset_uri()
-    if uri is None:
-        return None
-    try:
-        return Asset(uri=uri)
-    except Exception:  # a scheme Airflow refuses: no Asset rather than a broken DAG
-        return None
 
 
 class ZohoBulkWriteResultOperator(BaseOperator):
@@ -143,27 +131,13 @@ class ZohoBulkWriteResultOperator(BaseOperator):
 
     def _record_asset_event(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         """Put the small facts downstream DAGs want (job, rows, where) on the Asset event."""
-        for outlet in self.outlets or []:
-            if isinstance(outlet, Asset):
-                context["outlet_events"][outlet].extra = {
-                    key: summary[key] for key in ("job_id", "rows", "by_status", "destination")
-                }
+        record_asset_event(self.outlets, context,
+                           {key: summary[key] for key in ("job_id", "rows", "by_status", "destination")})
         return summary
 
     def _poll_until_complete(self) -> dict[str, Any]:
-        deadline = time.monotonic() + self.wait_timeout
-        while True:
-            job = self.hook.get_bulk_write_job(self.job_id)
-            bulk_job.raise_if_failed(job, self.job_id)
-            if bulk_job.is_complete(job):
-                return job
-            if time.monotonic() + self.poll_interval > deadline:
-                raise BulkJobNotCompleteError(
-                    f"the job was still {job.get('status')!r} after waiting {self.wait_timeout:.0f}s",
-                    job_id=self.job_id)
-            self.log.info("Zoho Bulk Write job %s is %s; checking again in %.0fs",
-                          self.job_id, job.get("status"), self.poll_interval)
-            time.sleep(self.poll_interval)
+        return poll_until_complete(self.hook.get_bulk_write_job, self.job_id, kind="Bulk Write",
+                                   poll_interval=self.poll_interval, wait_timeout=self.wait_timeout, log=self.log)
 
     def _require_complete(self, job: dict[str, Any]) -> dict[str, Any]:
         if not bulk_job.is_complete(job):
@@ -244,15 +218,5 @@ class ZohoBulkWriteResultOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The Zoho job as input, the sink's destination as output (OpenLineage provider installed)."""
-        from airflow.providers.common.compat.openlineage.facet import Dataset
-        from airflow.providers.openlineage.extractors import OperatorLineage
-
-        endpoints = self.hook.endpoints
         job_id = self.job_id or bulk_job.job_id_from_download_url(self.download_url or "") or "unknown"
-        source = Dataset(namespace=f"zoho-crm://{urlsplit(endpoints.api_domain).netloc}",
-                         name=f"bulk-write/{job_id}")
-        outputs = []
-        if (asset := asset_for(self.sink)) is not None:
-            parts = urlsplit(asset.uri)
-            outputs.append(Dataset(namespace=f"{parts.scheme}://{parts.netloc}", name=parts.path or "/"))
-        return OperatorLineage(inputs=[source], outputs=outputs)
+        return lineage(self.hook, f"bulk-write/{job_id}", self.sink)
