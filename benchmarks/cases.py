@@ -27,6 +27,17 @@ The cases:
 * ``canonical_copy``: the exact bytes SqlSink sends to ``COPY`` for these rows, encoded before the
   clock starts, copied into SqlSink's own table in SqlSink's own transaction: the ceiling for any
   loader of the canonical layout into PostgreSQL.
+
+Bulk Read exports (issue #12): a module's records in several page zips, one job each.
+
+* ``ours_bulk_read_parquet`` / ``ours_bulk_read_postgres``: the pages downloaded one after the other
+  with the hook, read with ``read_export_page`` and loaded with ``load_export_batches`` in one load,
+  as ``ZohoBulkReadOperator`` does (pages named ``<module>-<page:05d>.csv``), into ObjectStorageSink
+  (one Parquet file per page) or SqlSink (``replace``). The peak RSS is read after each page.
+* ``naive_bulk_read_pandas``: per page ``requests.get(...).content``, ``zipfile``,
+  ``pandas.read_csv(dtype=str)``, ``to_parquet``.
+* ``bulk_read_copy``: every page's CSV bytes from stream-unzip straight into one PostgreSQL ``COPY``
+  into a table of text columns: the server's own speed, the reference of ``ours_bulk_read_postgres``.
 """
 
 from __future__ import annotations
@@ -67,6 +78,12 @@ DLT_WORK_DIR = "dlt"
 BY_HAND_DUCKDB_FILE = "by_hand.duckdb"
 CANONICAL_PAYLOAD_FILE = "canonical_copy.csv"
 CHUNK_SIZE = 1 << 16
+#: Bulk Read: the module exported, our export table, the raw COPY table, and the cases' outputs.
+BULK_READ_MODULE = "Leads"
+BULK_READ_TABLE = "bulk_read_leads"
+BULK_READ_COPY_TABLE = "bulk_read_copy_leads"
+OURS_BULK_READ_DIR = "ours_bulk_read"
+NAIVE_BULK_READ_DIR = "naive_bulk_read"
 
 
 @dataclass
@@ -81,6 +98,10 @@ class CaseConfig:
     pg_dsn: str = ""
     #: The result zip on disk: only canonical_copy reads it, to encode its COPY payload before the clock starts.
     zip_path: str = ""
+    #: Bulk Read cases: each page's download path and job id, in page order, and the exported fields.
+    page_urls: list[str] = field(default_factory=list)
+    page_job_ids: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> CaseConfig:
@@ -99,6 +120,8 @@ class CaseOutput:
     by_status: dict[str, int]
     errors_by_code: dict[str, int] | None = None
     destination: list[str] = field(default_factory=list)
+    #: Bulk Read cases: the process's peak RSS (``VmHWM``) after each page was loaded, in page order.
+    page_peak_rss_bytes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -448,6 +471,127 @@ def canonical_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
     return run
 
 
+# --- Bulk Read exports ------------------------------------------------------------------------------
+
+
+def page_file_name(page: int) -> str:
+    """The name the operator gives a page for the sink (``Leads-00001.csv``): ObjectStorageSink names
+    the page's object after it."""
+    return f"{BULK_READ_MODULE}-{page:05d}.csv"
+
+
+def ours_bulk_read(config: CaseConfig, make_sink: Callable[[], Any]) -> Callable[[], CaseOutput]:
+    """The provider's export pipeline, driven the way ``ZohoBulkReadOperator`` loads its pages."""
+    from airflow_provider_zohobulk.bulk_read import read_export_page
+    from airflow_provider_zohobulk.bulk_result import use_lean_memory_pool
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+    from airflow_provider_zohobulk.sinks.base import ExportLoad, load_export_batches
+
+    use_lean_memory_pool()  # as the operator does
+    hook = ZohoCrmHook(ZOHO_CONN_ID)
+    sink = make_sink()
+    load = ExportLoad(BULK_READ_MODULE, config.page_job_ids[0], "replace")
+
+    def run() -> CaseOutput:
+        rows = 0
+        by_status: Counter[str] = Counter()
+        page_peaks: list[int] = []
+
+        def every_page() -> Iterator[tuple[str, Any]]:
+            nonlocal rows
+            for page, (url, job_id) in enumerate(zip(config.page_urls, config.page_job_ids, strict=True), 1):
+                with hook.stream_download(url, job_id=job_id) as download:
+                    for _member, batch in read_export_page(download, job_id=job_id, page=page):
+                        rows += batch.num_rows
+                        status_counts(by_status, batch.column("Lead_Status"))
+                        yield page_file_name(page), batch
+                # Resumed after the sink wrote the page's last batch: the page is loaded.
+                page_peaks.append(peak_rss_bytes())
+
+        destination = load_export_batches(sink, load, every_page())
+        return CaseOutput(rows=rows, by_status=dict(by_status), destination=list(destination),
+                          page_peak_rss_bytes=page_peaks)
+
+    return run
+
+
+def ours_bulk_read_parquet(config: CaseConfig) -> Callable[[], CaseOutput]:
+    from airflow_provider_zohobulk.sinks.object_storage import ObjectStorageSink
+
+    return ours_bulk_read(
+        config, lambda: ObjectStorageSink(str(Path(config.work_dir) / OURS_BULK_READ_DIR / "{file}.parquet")))
+
+
+def ours_bulk_read_postgres(config: CaseConfig) -> Callable[[], CaseOutput]:
+    from airflow_provider_zohobulk.sinks.sql import SqlSink
+
+    return ours_bulk_read(config, lambda: SqlSink(PG_CONN_ID, BULK_READ_TABLE))
+
+
+def naive_bulk_read_pandas(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """The hand-written way, page by page: whole body in memory, zipfile, pandas, one Parquet file per page."""
+    import zipfile
+
+    import pandas
+    import requests
+
+    target_dir = Path(config.work_dir) / NAIVE_BULK_READ_DIR
+
+    def run() -> CaseOutput:
+        target_dir.mkdir(exist_ok=True)
+        rows = 0
+        by_status: Counter[str] = Counter()
+        destination = []
+        for page, url in enumerate(config.page_urls, 1):
+            response = requests.get(url, timeout=600,
+                                    headers={"Authorization": f"Zoho-oauthtoken {config.access_token}"})
+            response.raise_for_status()
+            with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+                name = next(n for n in archive.namelist() if n.endswith(".csv"))
+                with archive.open(name) as member:
+                    frame = pandas.read_csv(member, dtype=str)
+            target = target_dir / f"page-{page:05d}.parquet"
+            frame.to_parquet(target)
+            rows += len(frame)
+            by_status.update({str(k): int(v) for k, v in frame["Lead_Status"].value_counts(dropna=False).items()})
+            destination.append(str(target))
+        return CaseOutput(rows=rows, by_status=dict(by_status), destination=destination)
+
+    return run
+
+
+def bulk_read_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """Every page's CSV bytes into one ``COPY ... (FORMAT csv, HEADER true)`` of a text-column table."""
+    import psycopg
+    from stream_unzip import stream_unzip
+
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+    hook = ZohoCrmHook(ZOHO_CONN_ID)
+    connection = psycopg.connect(config.pg_dsn)
+    columns = ", ".join(f'"{name}" text' for name in config.fields)
+    connection.execute(f"CREATE TABLE IF NOT EXISTS {BULK_READ_COPY_TABLE} ({columns})")
+    connection.commit()
+
+    def run() -> CaseOutput:
+        rows = 0
+        with connection.transaction(), connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {BULK_READ_COPY_TABLE}")
+            for url, job_id in zip(config.page_urls, config.page_job_ids, strict=True):
+                with hook.stream_download(url, job_id=job_id) as download, cursor.copy(
+                    f"COPY {BULK_READ_COPY_TABLE} FROM STDIN (FORMAT csv, HEADER true)"
+                ) as copy:
+                    for _name, _size, member in stream_unzip(download, chunk_size=CHUNK_SIZE):
+                        for chunk in member:
+                            copy.write(chunk)
+                rows += cursor.rowcount
+        connection.close()
+        # The parent counts the statuses in the table.
+        return CaseOutput(rows=rows, by_status={}, destination=[BULK_READ_COPY_TABLE])
+
+    return run
+
+
 CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "ceiling": ceiling,
     "ours_parquet": ours_parquet,
@@ -458,6 +602,10 @@ CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "dlt_duckdb": dlt_duckdb,
     "duckdb_by_hand": duckdb_by_hand,
     "canonical_copy": canonical_copy,
+    "ours_bulk_read_parquet": ours_bulk_read_parquet,
+    "ours_bulk_read_postgres": ours_bulk_read_postgres,
+    "naive_bulk_read_pandas": naive_bulk_read_pandas,
+    "bulk_read_copy": bulk_read_copy,
 }
 
 

@@ -11,6 +11,13 @@ run instead of posting a fast time. Destinations are then removed, so a full run
 When ``--rows`` is above :data:`MEMORY_BASELINE_ROWS`, our sink cases run a second time on a zip of
 that size (generated once, cached), to tell whether their memory grows with the input.
 
+The Bulk Read cases (:data:`BULK_READ_CASES`, issue #12; only with ``--cases``) export
+``--bulk-read-records`` generated Leads records in :data:`BULK_READ_PAGES` pages: the runner seeds the
+sandbox, creates the page jobs and downloads each page's zip once from the Bulk Read endpoint (not
+timed), then serves those zips from disk like the Bulk Write result. Why not straight from the Bulk
+Read endpoint: the sandbox generates a page in Python while sending it (about 60,000 records a second
+here), which would make the server, not the client, what every case measures.
+
 Throughput is uncompressed CSV bytes (and data rows) per second of wall-clock time from the first
 HTTP request to the commit. Peak memory is the case process's own high-water RSS (``VmHWM``; not
 ``ru_maxrss``, which Linux carries over from the runner across fork + exec), and includes what the
@@ -30,12 +37,15 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import (
+    BULK_READ_COPY_TABLE,
+    BULK_READ_MODULE,
+    BULK_READ_TABLE,
     BY_HAND_DUCKDB_FILE,
     BY_HAND_TABLE,
     CANONICAL_PAYLOAD_FILE,
@@ -43,7 +53,9 @@ from benchmarks.cases import (
     DLT_DUCKDB_FILE,
     DLT_TABLE,
     DLT_WORK_DIR,
+    NAIVE_BULK_READ_DIR,
     NAIVE_PARQUET_FILE,
+    OURS_BULK_READ_DIR,
     OURS_DUCKDB_FILE,
     OURS_PARQUET_DIR,
     PG_CONN_ID,
@@ -53,10 +65,21 @@ from benchmarks.cases import (
     CaseConfig,
     CaseResult,
 )
-from benchmarks.generate import DEFAULT_ROWS, ResultManifest, ensure_result_zip
+from benchmarks.generate import DATA_DIR, DEFAULT_ROWS, ResultManifest, ensure_result_zip
 
-__all__ = ["CASE_ORDER", "Measurement", "OutputMismatchError", "TargetCheck", "render_markdown", "run_benchmark",
-           "target_checks"]
+__all__ = [
+    "BULK_READ_CASES",
+    "CASE_ORDER",
+    "BulkReadExport",
+    "Measurement",
+    "OutputMismatchError",
+    "TargetCheck",
+    "prepare_bulk_read_export",
+    "render_markdown",
+    "run_benchmark",
+    "run_bulk_read_benchmark",
+    "target_checks",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = Path(__file__).resolve().parent / "results.md"
@@ -76,7 +99,28 @@ CASE_LABELS = {
     "duckdb_by_hand": "DuckDB by hand: zip to temp file, unzip to disk, CREATE TABLE AS read_csv",
     "raw_copy": "raw COPY: CSV bytes from stream-unzip into PostgreSQL COPY",
     "canonical_copy": "canonical COPY: SqlSink's pre-encoded bytes into its table and transaction",
+    "ours_bulk_read_parquet": "Bulk Read: ours -> Parquet per page (read_export_page, ObjectStorageSink)",
+    "naive_bulk_read_pandas": "Bulk Read naive: per page requests .content + zipfile + pandas + to_parquet",
+    "bulk_read_copy": "Bulk Read raw COPY: every page's CSV bytes from stream-unzip into one COPY",
+    "ours_bulk_read_postgres": "Bulk Read: ours -> PostgreSQL (SqlSink, replace)",
 }
+#: The Bulk Read export cases (issue #12), each next to its reference. Not in CASE_ORDER: a run of
+#: them at 1,000,000 records takes longer than the 60 s the default run may spend on them (see
+#: README), so they run only when ``--cases`` names them.
+BULK_READ_CASES = ("ours_bulk_read_parquet", "naive_bulk_read_pandas", "bulk_read_copy", "ours_bulk_read_postgres")
+ALL_CASES = (*CASE_ORDER, *BULK_READ_CASES)
+DEFAULT_BULK_READ_RECORDS = 1_000_000
+BULK_READ_PAGES = 5
+#: The first 20 of the sandbox's 23 Leads fields: "a 20-field module".
+BULK_READ_FIELD_COUNT = 20
+#: Issue #12's speed targets: (ours, reference, at least this many times the reference's speed).
+BULK_READ_SPEED_TARGETS = (
+    ("ours_bulk_read_parquet", "naive_bulk_read_pandas", 3.0),
+    ("ours_bulk_read_postgres", "bulk_read_copy", 0.8),
+)
+#: Our Bulk Read cases, whose peak RSS after the last page must be within this much of it after the first.
+BULK_READ_SINK_CASES = ("ours_bulk_read_parquet", "ours_bulk_read_postgres")
+FLAT_PAGES_MB = 10
 #: Our cases, one per sink: the ones with memory targets.
 SINK_CASES = ("ours_parquet", "ours_duckdb", "ours_postgres")
 PACKAGES = ("apache-airflow", "pyarrow", "duckdb", "psycopg", "pandas", "stream-unzip", "smart-open", "requests",
@@ -121,6 +165,8 @@ class Measurement:
     arrow_peak_bytes: int
     rows: int
     csv_bytes: int
+    #: Bulk Read cases: peak RSS after each page, in page order.
+    page_peak_rss_bytes: list[int] = field(default_factory=list)
 
     @property
     def mb_per_second(self) -> float:
@@ -213,21 +259,57 @@ def check_destination(result: CaseResult, manifest: ResultManifest, work_dir: Pa
         raise OutputMismatchError(f"{case}: " + "; ".join(problems))
 
 
+def check_bulk_read_destination(result: CaseResult, export: BulkReadExport, work_dir: Path, pg_dsn: str) -> None:
+    """Read a Bulk Read case's destination back: rows and rows per Lead_Status as the sandbox says the
+    export holds (and, per Parquet file, each page's record count)."""
+    output = result.output
+    case = result.case
+    problems = []
+    if case in ("ours_bulk_read_parquet", "naive_bulk_read_pandas"):
+        files = sorted(output.destination)
+        if len(files) != len(export.page_counts):
+            raise OutputMismatchError(f"{case}: expected {len(export.page_counts)} Parquet files, got {files}")
+        rows, by_status = 0, Counter[str]()
+        for page, (path, expected) in enumerate(zip(files, export.page_counts, strict=True), 1):
+            page_rows, page_statuses = parquet_status_counts(local_path(path), "Lead_Status")
+            if page_rows != expected:
+                problems.append(f"page {page} ({path}) holds {page_rows} rows, the sandbox's job {expected}")
+            rows += page_rows
+            by_status.update(page_statuses)
+        by_status_found = dict(by_status)
+    elif case == "ours_bulk_read_postgres":
+        rows, by_status_found = postgres_status_counts(pg_dsn, BULK_READ_TABLE, '"Lead_Status"')
+    elif case == "bulk_read_copy":
+        rows, by_status_found = postgres_status_counts(pg_dsn, BULK_READ_COPY_TABLE, '"Lead_Status"')
+    else:
+        raise ValueError(f"unknown Bulk Read case {case!r}")
+    if rows != export.records or output.rows != export.records:
+        problems.append(f"{rows} rows at the destination, {output.rows} reported, {export.records} exported")
+    if by_status_found != export.by_status or (output.by_status and output.by_status != export.by_status):
+        problems.append(f"rows per Lead_Status {by_status_found} instead of {export.by_status}")
+    if case.startswith("ours_") and len(output.page_peak_rss_bytes) != len(export.page_counts):
+        problems.append(f"peak RSS read after {len(output.page_peak_rss_bytes)} pages, not {len(export.page_counts)}")
+    if problems:
+        raise OutputMismatchError(f"{case}: " + "; ".join(problems))
+
+
 def clear_destination(case: str, work_dir: Path, pg_dsn: str) -> None:
     """Remove what a case wrote, so the next repetition starts alike and disk use stays small."""
     duckdb_files = (OURS_DUCKDB_FILE, DLT_DUCKDB_FILE, BY_HAND_DUCKDB_FILE)
     for name in (OURS_PARQUET_DIR, NAIVE_PARQUET_FILE, DLT_WORK_DIR, CANONICAL_PAYLOAD_FILE, *duckdb_files,
-                 *(f"{name}.wal" for name in duckdb_files)):
+                 *(f"{name}.wal" for name in duckdb_files), OURS_BULK_READ_DIR, NAIVE_BULK_READ_DIR):
         path = work_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    if case in ("ours_postgres", "canonical_copy", "raw_copy"):
+    tables = {"ours_postgres": RESULTS_TABLE, "canonical_copy": RESULTS_TABLE, "raw_copy": RAW_TABLE,
+              "ours_bulk_read_postgres": BULK_READ_TABLE, "bulk_read_copy": BULK_READ_COPY_TABLE}
+    if case in tables:
         import psycopg
 
         with psycopg.connect(pg_dsn, autocommit=True) as connection:
-            connection.execute(f"DROP TABLE IF EXISTS {RAW_TABLE if case == 'raw_copy' else RESULTS_TABLE}")
+            connection.execute(f"DROP TABLE IF EXISTS {tables[case]}")
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -302,18 +384,120 @@ def run_benchmark(
                 rss_after_setup_bytes=result.rss_after_setup_bytes, peak_rss_bytes=result.peak_rss_bytes,
                 arrow_peak_bytes=result.arrow_peak_bytes, rows=manifest.rows, csv_bytes=manifest.csv_bytes,
             )
-            log(f"{case} #{attempt + 1}: {measurement.seconds:.1f} s, {measurement.mb_per_second:.1f} MB/s, "
-                f"CPU {measurement.cpu_seconds:.1f} s, peak {measurement.peak_rss_mb:.0f} MB, "
-                f"load average {os.getloadavg()[0]:.1f}")
-            previous = best.get(case)
-            if previous is not None:
-                measurement.peak_rss_bytes = max(measurement.peak_rss_bytes, previous.peak_rss_bytes)
-                measurement.arrow_peak_bytes = max(measurement.arrow_peak_bytes, previous.arrow_peak_bytes)
-                if previous.seconds <= measurement.seconds:
-                    previous.peak_rss_bytes = measurement.peak_rss_bytes
-                    previous.arrow_peak_bytes = measurement.arrow_peak_bytes
-                    continue
-            best[case] = measurement
+            keep_fastest(best, measurement, attempt, log)
+    return [best[case] for case in cases]
+
+
+def keep_fastest(best: dict[str, Measurement], measurement: Measurement, attempt: int, log: Any) -> None:
+    """Log one run and keep the case's fastest, with the highest peak memory seen over its runs."""
+    case = measurement.case
+    log(f"{case} #{attempt + 1}: {measurement.seconds:.1f} s, {measurement.mb_per_second:.1f} MB/s, "
+        f"CPU {measurement.cpu_seconds:.1f} s, peak {measurement.peak_rss_mb:.0f} MB, "
+        f"load average {os.getloadavg()[0]:.1f}")
+    previous = best.get(case)
+    if previous is not None:
+        measurement.peak_rss_bytes = max(measurement.peak_rss_bytes, previous.peak_rss_bytes)
+        measurement.arrow_peak_bytes = max(measurement.arrow_peak_bytes, previous.arrow_peak_bytes)
+        if previous.seconds <= measurement.seconds:
+            previous.peak_rss_bytes = measurement.peak_rss_bytes
+            previous.arrow_peak_bytes = measurement.arrow_peak_bytes
+            return
+    best[case] = measurement
+
+
+@dataclass
+class BulkReadExport:
+    """A Bulk Read export made ready for the cases: each page's job, its zip served from disk, and what
+    the sandbox says the export holds."""
+
+    records: int
+    fields: list[str]
+    page_job_ids: list[str]
+    #: Full download URLs of the page zips, served from disk (see the module docstring).
+    page_urls: list[str]
+    page_counts: list[int]
+    #: Records per Lead_Status, from the sandbox's own records (``read_records``), not from the zips.
+    by_status: dict[str, int]
+    csv_bytes: int
+    zip_bytes: int
+
+
+def prepare_bulk_read_export(sandbox: Any, records: int, pages: int, zip_dir: Path,
+                             conn_id: str = ZOHO_CONN_ID) -> BulkReadExport:
+    """Seed Leads with ``records`` records, create the ``pages`` page jobs, download each page's zip once
+    into ``zip_dir`` (under the sandbox's ``files_dir``) and serve it from there; not timed.
+
+    The Airflow connection ``conn_id`` must reach ``sandbox``.
+    """
+    import zipfile
+
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+    if records % pages:
+        raise ValueError(f"{records:,} records do not split into {pages} equal pages")
+    sandbox.seed_module(BULK_READ_MODULE, records, seed=0)
+    sandbox.configure(bulk_read_per_page=records // pages, bulk_read_downloads_per_minute=None,
+                      bulk_read_max_active_jobs=None)
+    fields = sandbox.read_modules()[BULK_READ_MODULE]["fields"][:BULK_READ_FIELD_COUNT]
+    job_ids = [sandbox.create_read_job({"query": {"module": {"api_name": BULK_READ_MODULE}, "fields": fields,
+                                                  "page": page}}) for page in range(1, pages + 1)]
+    hook = ZohoCrmHook(conn_id)
+    zip_dir.mkdir(parents=True, exist_ok=True)
+    page_urls, page_counts, csv_bytes, zip_bytes = [], [], 0, 0
+    for page, job_id in enumerate(job_ids, 1):
+        details = hook.get_bulk_read_job(job_id)
+        path = zip_dir / f"page-{page:05d}.zip"
+        with hook.stream_download(details["result"]["download_url"], job_id=job_id) as download, \
+                open(path, "wb") as target:
+            for chunk in download:
+                target.write(chunk)
+        with zipfile.ZipFile(path) as archive:
+            csv_bytes += sum(info.file_size for info in archive.infolist())
+        zip_bytes += path.stat().st_size
+        served = sandbox.create_job_from_zip(path)
+        page_urls.append(hook.get_bulk_write_job(served)["result"]["download_url"])
+        page_counts.append(int(details["result"]["count"]))
+    by_status: Counter[str] = Counter()
+    for offset in range(0, records, 100_000):
+        chunk = sandbox.read_records(BULK_READ_MODULE, fields=["Lead_Status"], offset=offset, limit=100_000)
+        by_status.update(record[0] for record in chunk["records"])
+    return BulkReadExport(records=records, fields=list(fields), page_job_ids=job_ids, page_urls=page_urls,
+                          page_counts=page_counts, by_status=dict(by_status), csv_bytes=csv_bytes,
+                          zip_bytes=zip_bytes)
+
+
+def run_bulk_read_benchmark(
+    *,
+    export: BulkReadExport,
+    access_token: str,
+    pg_dsn: str,
+    env: dict[str, str],
+    work_dir: Path,
+    cases: Sequence[str] = BULK_READ_CASES,
+    repeat: int = 1,
+    log: Any = print,
+) -> list[Measurement]:
+    """Run the Bulk Read ``cases`` like :func:`run_benchmark` runs the others: round robin, fresh
+    processes, each destination read back against the export (:class:`OutputMismatchError` otherwise)."""
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
+    best: dict[str, Measurement] = {}
+    for attempt in range(repeat):
+        for case in cases:
+            config = CaseConfig(
+                case=case, download_url="", job_id=export.page_job_ids[0], work_dir=str(work_dir),
+                access_token=access_token if case == "naive_bulk_read_pandas" else "", pg_dsn=pg_dsn,
+                page_urls=export.page_urls, page_job_ids=export.page_job_ids, fields=export.fields,
+            )
+            clear_destination(case, work_dir, pg_dsn)
+            result = run_case_process(config, env, work_dir)
+            check_bulk_read_destination(result, export, work_dir, pg_dsn)
+            clear_destination(case, work_dir, pg_dsn)
+            keep_fastest(best, Measurement(
+                case=case, seconds=result.seconds, cpu_seconds=result.cpu_seconds,
+                rss_after_setup_bytes=result.rss_after_setup_bytes, peak_rss_bytes=result.peak_rss_bytes,
+                arrow_peak_bytes=result.arrow_peak_bytes, rows=export.records, csv_bytes=export.csv_bytes,
+                page_peak_rss_bytes=result.output.page_peak_rss_bytes,
+            ), attempt, log)
     return [best[case] for case in cases]
 
 
@@ -413,9 +597,30 @@ def peak_memory_check(by_case: dict[str, Measurement], sink: str, limit_mb: int)
                        by_case[sink].peak_rss_mb < limit_mb)
 
 
+def flat_pages_check(by_case: dict[str, Measurement], case: str) -> TargetCheck:
+    """Peak RSS after the last page against after the first: memory flat in the number of pages."""
+    label = f"{case} peak RSS after the last page vs after page 1"
+    target = f"within {FLAT_PAGES_MB} MB"
+    peaks = by_case[case].page_peak_rss_bytes if case in by_case else []
+    if len(peaks) < 2:
+        return TargetCheck(label, "not run", target)
+    first, last = peaks[0] / 2**20, peaks[-1] / 2**20
+    return TargetCheck(label, f"{last:,.0f} vs {first:,.0f} MB: {last - first:+,.1f} MB", target,
+                       last - first <= FLAT_PAGES_MB)
+
+
+def bulk_read_checks(by_case: dict[str, Measurement]) -> list[TargetCheck]:
+    """Issue #12's targets for Bulk Read exports; none when no Bulk Read case ran."""
+    if not set(BULK_READ_CASES) & by_case.keys():
+        return []
+    return [*(speed_check(by_case, ours, reference, bound) for ours, reference, bound in BULK_READ_SPEED_TARGETS),
+            *(flat_pages_check(by_case, case) for case in BULK_READ_SINK_CASES)]
+
+
 def target_checks(measurements: Sequence[Measurement], baseline: Sequence[Measurement] = (),
                   *, rows: int, baseline_rows: int | None = None) -> list[TargetCheck]:
-    """Every target of issue #11, in its order, then rows for information (no target).
+    """Every target of issue #11, in its order, those of issue #12 when a Bulk Read case ran, then rows for
+    information (no target).
 
     ``baseline`` holds our sink cases measured at ``baseline_rows`` in the same run, for the
     memory-flatness targets.
@@ -427,6 +632,7 @@ def target_checks(measurements: Sequence[Measurement], baseline: Sequence[Measur
               for kind, ours, reference, bound in PAIR_TARGETS]
     checks += [flat_memory_check(by_case, baseline_by_case, sink, rows, baseline_rows) for sink in SINK_CASES]
     checks += [peak_memory_check(by_case, sink, PEAK_RSS_TARGET_MB[sink]) for sink in SINK_CASES]
+    checks += bulk_read_checks(by_case)
     checks += [speed_check(by_case, ours, reference, None) for ours, reference in SPEED_INFORMATION
                if ours in by_case and reference in by_case]
     return checks
@@ -434,7 +640,7 @@ def target_checks(measurements: Sequence[Measurement], baseline: Sequence[Measur
 
 def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifest, *, machine: Sequence[str],
                     repeat: int, notes: Sequence[str] = (), baseline: Sequence[Measurement] = (),
-                    baseline_rows: int | None = None) -> str:
+                    baseline_rows: int | None = None, bulk_read: BulkReadExport | None = None) -> str:
     """The results table, every target with its verdict (yes / NO / not measured), and the machine, as markdown."""
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -449,6 +655,11 @@ def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifes
         "| case | seconds | CSV MB/s | rows/s | peak RSS MB | RSS after setup MB | Arrow pool peak MB | CPU s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if bulk_read is not None:
+        lines[5:5] = ["", f"Bulk Read input: {bulk_read.records:,} {BULK_READ_MODULE} records of "
+                      f"{len(bulk_read.fields)} fields in {len(bulk_read.page_counts)} pages, "
+                      f"{bulk_read.csv_bytes / 1e6:,.1f} MB of CSV deflated to {bulk_read.zip_bytes / 1e6:,.1f} MB "
+                      "(the sandbox's page zips, downloaded once, served from disk)."]
     for m in measurements:
         lines.append(
             f"| {CASE_LABELS[m.case]} | {m.seconds:.1f} | {m.mb_per_second:.1f} | {m.rows_per_second:,.0f} | "
@@ -461,6 +672,13 @@ def render_markdown(measurements: Sequence[Measurement], manifest: ResultManifes
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {m.case} | {m.seconds:.1f} | {m.peak_rss_mb:,.0f} | {m.rss_after_setup_bytes / 2**20:,.0f} | "
                   f"{m.peak_above_setup_mb:,.0f} |" for m in baseline]
+    paged = [m for m in measurements if m.page_peak_rss_bytes]
+    if paged:
+        lines += ["", "Bulk Read: peak RSS MB after each page:", "",
+                  "| case | " + " | ".join(f"page {n}" for n in range(1, len(paged[0].page_peak_rss_bytes) + 1)) + " |",
+                  "|---|" + "---:|" * len(paged[0].page_peak_rss_bytes)]
+        lines += [f"| {m.case} | " + " | ".join(f"{peak / 2**20:,.1f}" for peak in m.page_peak_rss_bytes) + " |"
+                  for m in paged]
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
     for check in target_checks(measurements, baseline, rows=manifest.rows, baseline_rows=baseline_rows):
         lines.append(f"| {check.label} | {check.value} | {check.target} | {check.verdict} |")
@@ -482,9 +700,9 @@ def write_results(markdown: str, path: Path = RESULTS_PATH) -> None:
 
 
 @contextlib.contextmanager
-def serve_from_sandbox(zip_paths: Sequence[Path], env: dict[str, str]) -> Iterator[list[tuple[str, str]]]:
+def serve_from_sandbox(zip_paths: Sequence[Path], env: dict[str, str]) -> Iterator[tuple[list[tuple[str, str]], Any]]:
     """Start the Zoho sandbox serving each of ``zip_paths`` as a finished job; yields (job id, download URL)
-    for each, in order.
+    for each, in order, and the sandbox (for the Bulk Read export).
 
     The zips (GBs at full size) are streamed from disk, so the sandbox is told their folder as
     ``files_dir``: they must share one. Adds the sandbox's Airflow connection to ``env``.
@@ -501,7 +719,7 @@ def serve_from_sandbox(zip_paths: Sequence[Path], env: dict[str, str]) -> Iterat
         from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
         hook = ZohoCrmHook(ZOHO_CONN_ID)
-        yield [(job_id, hook.get_bulk_write_job(job_id)["result"]["download_url"]) for job_id in job_ids]
+        yield [(job_id, hook.get_bulk_write_job(job_id)["result"]["download_url"]) for job_id in job_ids], sandbox
 
 
 def mint_access_token() -> str:
@@ -515,8 +733,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"data rows (default {DEFAULT_ROWS:,})")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
-    parser.add_argument("--cases", default=",".join(CASE_ORDER), help="comma-separated subset of " +
-                        ", ".join(CASE_ORDER))
+    parser.add_argument("--cases", default=",".join(CASE_ORDER), help="comma-separated, of " +
+                        ", ".join(ALL_CASES) + " (default: all but the Bulk Read ones)")
+    parser.add_argument("--bulk-read-records", type=int, default=DEFAULT_BULK_READ_RECORDS,
+                        help=f"records the Bulk Read cases export, in {BULK_READ_PAGES} pages "
+                             f"(default {DEFAULT_BULK_READ_RECORDS:,})")
     parser.add_argument("--profile", action="store_true",
                         help="sample each case with py-spy (all threads) and print where the time goes; "
                              "implies --no-write")
@@ -530,8 +751,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         find_py_spy()  # fail before the long part
         args.no_write = True
-    cases = [case.strip() for case in args.cases.split(",") if case.strip()]
-    unknown = set(cases) - set(CASE_ORDER)
+    all_cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    cases = [case for case in all_cases if case not in BULK_READ_CASES]
+    bulk_read_cases = [case for case in all_cases if case in BULK_READ_CASES]
+    unknown = set(cases) - set(ALL_CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
 
@@ -560,9 +783,10 @@ def main(argv: list[str] | None = None) -> None:
         from tests.fixtures.postgres import throwaway_postgres
 
         baseline: list[Measurement] = []
+        bulk_read: BulkReadExport | None = None
         with (
             throwaway_postgres(dbname="zohobulk_bench", synchronous_commit=False) as postgres,
-            serve_from_sandbox([zip_path, *([baseline_input[0]] if baseline_input else [])], env) as jobs,
+            serve_from_sandbox([zip_path, *([baseline_input[0]] if baseline_input else [])], env) as (jobs, sandbox),
         ):
             env.update(postgres.airflow_conn_env(PG_CONN_ID))
             import psycopg
@@ -576,6 +800,17 @@ def main(argv: list[str] | None = None) -> None:
                 access_token=access_token, pg_dsn=postgres.dsn, env=env, work_dir=work_dir,
                 cases=cases, repeat=args.repeat, profile_dir=profile_dir,
             )
+            if bulk_read_cases:
+                page_dir = DATA_DIR / f"bulk_read_pages_{os.getpid()}"
+                try:
+                    print(f"Bulk Read: {args.bulk_read_records:,} records in {BULK_READ_PAGES} pages")
+                    bulk_read = prepare_bulk_read_export(sandbox, args.bulk_read_records, BULK_READ_PAGES, page_dir)
+                    measurements += run_bulk_read_benchmark(
+                        export=bulk_read, access_token=access_token, pg_dsn=postgres.dsn, env=env,
+                        work_dir=work_dir, cases=bulk_read_cases, repeat=args.repeat,
+                    )
+                finally:
+                    shutil.rmtree(page_dir, ignore_errors=True)
             if baseline_input is not None:
                 (baseline_job_id, baseline_url), = baseline_jobs
                 print(f"the same sinks at {args.baseline_rows:,} rows, for the memory targets")
@@ -588,7 +823,7 @@ def main(argv: list[str] | None = None) -> None:
                      "(the machine is shared: compare ratios within one run)")
         markdown = render_markdown(measurements, manifest, machine=machine_description(pg_version),
                                    repeat=args.repeat, notes=[load_note], baseline=baseline,
-                                   baseline_rows=args.baseline_rows if baseline else None)
+                                   baseline_rows=args.baseline_rows if baseline else None, bulk_read=bulk_read)
         print(markdown)
         if profile_dir:
             print_profiles(profile_dir)

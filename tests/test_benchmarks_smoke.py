@@ -31,6 +31,7 @@ from benchmarks.cases import (
 )
 from benchmarks.generate import MEMBER_NAME, RESULT_HEADER, ensure_result_zip
 from benchmarks.run import (
+    BULK_READ_CASES,
     CASE_LABELS,
     CASE_ORDER,
     PAIR_TARGETS,
@@ -39,8 +40,10 @@ from benchmarks.run import (
     Measurement,
     OutputMismatchError,
     check_destination,
+    prepare_bulk_read_export,
     render_markdown,
     run_benchmark,
+    run_bulk_read_benchmark,
     target_checks,
 )
 from benchmarks.stages import POSTGRES_VARIANTS, postgres_costs, stage_costs
@@ -247,6 +250,46 @@ def test_every_case_loads_exactly_the_generated_rows(generated, postgres_server,
     for ours, reference in (("ours_duckdb", "dlt_duckdb"), ("ours_duckdb", "duckdb_by_hand"),
                             ("ours_postgres", "canonical_copy"), ("ours_parquet", "naive_pandas")):
         assert f"{ours} vs {reference}" in ratio_table
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_bulk_read_cases_load_exactly_the_exported_records(generated, postgres_server, tmp_path, monkeypatch):
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+    from airflow_provider_zohobulk.sandbox import ZohoSandbox
+
+    _, manifest = generated
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    with ZohoSandbox(files_dir=tmp_path) as sandbox:
+        for name, value in sandbox.airflow_connection_env().items():
+            monkeypatch.setenv(name, value)
+        export = prepare_bulk_read_export(sandbox, 5_000, 5, tmp_path / "pages")
+        env = {**os.environ, **postgres_server.airflow_conn_env("bench_postgres")}
+        measurements = run_bulk_read_benchmark(
+            export=export, access_token=ZohoCrmHook().get_access_token(), pg_dsn=postgres_server.dsn, env=env,
+            work_dir=work_dir, log=lambda line: None)
+        jobs = sandbox.read_jobs()
+
+    # Five page jobs of 1,000 records of 20 fields; run_bulk_read_benchmark read every destination back
+    # against the sandbox's own records (it raises OutputMismatchError otherwise).
+    assert export.page_counts == [1_000] * 5 and len(export.fields) == 20 and sum(export.by_status.values()) == 5_000
+    assert [job["page"] for job in jobs] == [1, 2, 3, 4, 5] and all(job["downloads"] == 1 for job in jobs)
+    assert [m.case for m in measurements] == list(BULK_READ_CASES)
+    assert all(m.rows == 5_000 for m in measurements)
+    assert [len(m.page_peak_rss_bytes) for m in measurements] == [5, 0, 0, 5]  # ours, per page
+    assert sorted(p.name for p in work_dir.iterdir() if not p.name.endswith(".json")) == []  # cleaned up
+
+    markdown = render_markdown(measurements, manifest, machine=["- test machine"], repeat=1, bulk_read=export)
+    assert "5,000 Leads records of 20 fields in 5 pages" in markdown
+    ratio_table = markdown[markdown.index("| ratio |"):markdown.index("Machine:")]
+    rows = {line.split("|")[1].strip(): line.rsplit("|", 2)[1].strip() for line in ratio_table.splitlines()[2:]
+            if line.startswith("|")}
+    for label in ("ours_bulk_read_parquet vs naive_bulk_read_pandas: speed-up (its seconds / ours)",
+                  "ours_bulk_read_postgres vs bulk_read_copy: speed-up (its seconds / ours)",
+                  "ours_bulk_read_parquet peak RSS after the last page vs after page 1",
+                  "ours_bulk_read_postgres peak RSS after the last page vs after page 1"):
+        assert rows[label] in {"yes", "NO"}, ratio_table
 
 
 @pytest.mark.postgres
