@@ -242,6 +242,40 @@ class SinkConfigurationError(SinkError):
     """The sink's arguments cannot work (bad table name, unknown format, missing ``{file}``)."""
 
 
+# --- Bulk Write submission (rows into Zoho) ---------------------------------------------------------
+
+
+class SourceError(ZohoBulkError):
+    """Reading the rows to submit failed (missing object, bad query, unreadable file); nothing was sent."""
+
+
+class SourceConfigurationError(SourceError):
+    """The source's arguments cannot work (unknown format, unsupported scheme or connection type)."""
+
+
+class SubmissionInputError(ZohoBulkError):
+    """The rows cannot be submitted as they are (missing ``find_by``, unknown mapped column, too many
+    columns, a value longer than Zoho allows, a type Zoho cannot take). Raised before anything is sent.
+
+    ``column`` names the offending column when there is one; ``row_number`` (from the base class) is the
+    1-based row of the input.
+    """
+
+    def __init__(self, message: str, *, column: str | None = None, row_number: int | None = None,
+                 file_name: str | None = None) -> None:
+        super().__init__(message, row_number=row_number, file_name=file_name)
+        self.column = column
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} [column {self.column!r}]" if self.column else text
+
+
+class SubmissionChangedError(ZohoBulkError):
+    """A retried submission found input different from what an earlier try already submitted to Zoho,
+    so resuming would mix two inputs; the message names the file and both fingerprints."""
+
+
 #: Failures a task that waits for a job outlives: they arrive after the hook's own bounded retries,
 #: and the next poll (the sensor's timeout bounds them all) may well succeed. A malformed answer is
 #: among them: Zoho's maintenance pages are HTML served with HTTP 200, and a wait of hours should not
