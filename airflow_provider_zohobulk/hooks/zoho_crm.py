@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import os
 import random
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +94,11 @@ _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
 _FULL_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _JOB_DETAILS = "a JSON object with the job's details"
 _READ_JOB_CREATED = "a JSON object whose data[0].details.id is the new Bulk Read job's id"
+_UPLOADED = "a JSON object whose details.file_id is the uploaded file's id"
+_WRITE_JOB_CREATED = "a JSON object whose details.id is the new Bulk Write job's id"
+_WRITE_OPERATIONS = ("insert", "update", "upsert")
+#: Zoho's size limit on one uploaded zip (reference section 4); only used to explain a 413.
+_UPLOAD_LIMIT_MB = 25
 
 
 def _mask(value: str | None) -> None:
@@ -418,6 +425,9 @@ class ZohoCrmHook(BaseHook):
             if attach_token and self.endpoints.may_receive_token(current):
                 sent_token = self.get_access_token()
                 request_headers["Authorization"] = f"Zoho-oauthtoken {sent_token}"
+            body = kwargs.get("data")
+            if isinstance(body, _MultipartFileBody):  # a retry or a 307 sends the whole file again
+                body.rewind()
             response = self.session.request(
                 method, current.url, headers=request_headers, stream=stream, timeout=self.timeout,
                 allow_redirects=False, **kwargs,
@@ -519,6 +529,200 @@ class ZohoCrmHook(BaseHook):
         except ZohoBulkError as exc:
             raise exc.with_context(job_id=job_id) from None
 
+    def upload_bulk_write_file(self, path: str | os.PathLike[str], *, file_name: str | None = None) -> str:
+        """Upload a zipped CSV for a Bulk Write job; returns Zoho's ``file_id`` for :meth:`create_bulk_write_job`.
+
+        The zip goes to the data centre's upload host (``content.zohoapis.<tld>``, or the overridden API
+        domain itself) as the multipart part ``file``, with the headers ``feature: bulk-write`` and
+        ``X-CRM-ORG`` (the connection extra ``org_id``, Zoho's zgid). It is streamed from disk, never read
+        whole: the body is a file-like object of known length, so ``Content-Length`` is sent, and it is
+        rewound before every attempt.
+
+        An upload is safe to repeat (a repeated one only leaves an unused file at Zoho), so it goes through
+        the hook's usual retries: connection drops, 429 and 5xx, bounded and logged; one token refresh on 401.
+        ``FILE_TOO_LARGE`` (413) and ``INVALID_FILE_FORMAT`` (400) raise :class:`ZohoApiError` with Zoho's
+        code and the file's name: they are not transient, the file has to change.
+
+        :param path: the zip on local disk.
+        :param file_name: the name Zoho is told (default: the file's base name).
+        """
+        name = file_name or os.path.basename(os.fspath(path))
+        org_id = self.settings.org_id
+        if not org_id or not str(org_id).strip():
+            raise ZohoConfigurationError(
+                f"Zoho connection {self.zoho_conn_id!r} has no org_id: Bulk Write uploads must name the organisation "
+                "(its zgid, from Zoho's Organization API or CRM's Setup > Company Details) in the connection extra "
+                "\"org_id\"", file_name=name)
+        url = self.endpoints.upload_url
+        try:
+            body = _MultipartFileBody(path, name)
+        except OSError as exc:
+            raise ZohoConfigurationError(f"cannot read the file to upload: {exc.strerror or type(exc).__name__}",
+                                         file_name=name) from None
+        with contextlib.closing(body):
+            log.info("Uploading %s (%d bytes) to %s for a Bulk Write job", name, body.file_size, safe_url(url))
+            try:
+                self._check_host(url)
+                response = self._send(
+                    "POST", url, attach_token=True, data=body,
+                    headers={"Content-Type": body.content_type, "feature": "bulk-write",
+                             "X-CRM-ORG": str(org_id).strip()})
+                self._raise_for_upload_error(response, url, name, body.file_size)
+                payload = _json_body(response, expected=_UPLOADED)
+            except ZohoBulkError as exc:
+                raise exc.with_context(file_name=name) from None
+        details = payload.get("details") if isinstance(payload, dict) else None
+        file_id = details.get("file_id") if isinstance(details, dict) else None
+        if not _is_id(file_id):
+            raise ZohoMalformedResponseError(
+                f"expected {_UPLOADED} from Zoho POST {safe_url(url)}, got no details.file_id",
+                status_code=response.status_code, file_name=name)
+        log.info("Uploaded %s: Zoho file id %s", name, file_id)
+        return str(file_id)
+
+    def _raise_for_upload_error(self, response: requests.Response, url: str, name: str, size: int) -> None:
+        """Zoho's upload refusals, explained: the file has to change (or the connection's org_id)."""
+        if response.status_code < 400:
+            return
+        body = _json_or_none(response) or {}
+        code = body.get("code")
+        message = body.get("message") or response.reason
+        status = response.status_code
+        kwargs = {"zoho_message": message, "status_code": status, "file_name": name}
+        if status == 413 or code == "FILE_TOO_LARGE":
+            raise ZohoApiError(
+                f"Zoho refused the upload of {name!r} ({size} bytes) with HTTP {status} FILE_TOO_LARGE ({message}): "
+                f"a Bulk Write file may be at most {_UPLOAD_LIMIT_MB} MB zipped; split the rows into smaller files",
+                code=code or "FILE_TOO_LARGE", **kwargs)
+        if code == "INVALID_FILE_FORMAT":
+            raise ZohoApiError(
+                f"Zoho refused the upload of {name!r} with HTTP {status} INVALID_FILE_FORMAT ({message}): the file "
+                "must be a zip holding one CSV", code=code, **kwargs)
+        details = body.get("details") if isinstance(body.get("details"), dict) else {}
+        if status < 500 and status not in (401, 429) and details.get("header") == "X-CRM-ORG":
+            raise ZohoApiError(
+                f"Zoho refused the upload of {name!r} with HTTP {status} {code} ({message}): check the connection "
+                "extra \"org_id\" (the organisation's zgid)", code=code, **kwargs)
+        self._raise_for_zoho_error(response, url)
+
+    def create_bulk_write_job(
+        self,
+        *,
+        module: str,
+        operation: str,
+        file_id: str,
+        find_by: str | None = None,
+        field_mappings: list[dict[str, Any]] | None = None,
+        ignore_empty: bool = False,
+        callback: dict[str, Any] | None = None,
+    ) -> str:
+        """Create a Bulk Write job over an uploaded file (:meth:`upload_bulk_write_file`); returns its job id.
+
+        :param operation: ``insert``, ``update`` or ``upsert``; the last two need ``find_by`` (the field
+            that finds the existing record, such as ``Email``).
+        :param field_mappings: ``[{"api_name": "Last_Name", "index": 0}, ...]``; without them Zoho maps
+            columns by their CSV header.
+        :param callback: ``{"url": ..., "method": "post"}``, called by Zoho when the job ends.
+
+        Creating a job is not idempotent: a repeated create makes a second job that writes the same rows
+        again. So this call retries only what cannot have reached Zoho, or what Zoho refused without doing:
+
+        * a connection that could not be opened (refused, name not resolved, connect timeout);
+        * HTTP 429 (Zoho refused it; waits ``Retry-After`` when given), within ``retry_limit``;
+        * one token refresh on 401 ``INVALID_TOKEN`` (Zoho refused it).
+
+        A 5xx answer, a read timeout, or a connection dropped once the request was on its way are *not*
+        retried: Zoho may have created the job. They raise :class:`ZohoServerError` or
+        :class:`ZohoConnectionError` saying so; look at the org's Bulk Write jobs before creating it again.
+        """
+        if operation not in _WRITE_OPERATIONS:
+            raise ZohoConfigurationError(
+                f"Bulk Write operation must be one of {', '.join(_WRITE_OPERATIONS)}, not {operation!r}")
+        if operation in ("update", "upsert") and not find_by:
+            raise ZohoConfigurationError(f"a Bulk Write {operation} needs find_by (the field that finds the "
+                                         "existing record, such as Email or a unique field)")
+        if not module or not file_id:
+            raise ZohoConfigurationError("a Bulk Write job needs a module and the file_id of an uploaded file")
+        resource: dict[str, Any] = {"type": "data", "module": {"api_name": module}, "file_id": str(file_id)}
+        if find_by:
+            resource["find_by"] = find_by
+        if field_mappings:
+            resource["field_mappings"] = [dict(mapping) for mapping in field_mappings]
+        request: dict[str, Any] = {"operation": operation, "character_encoding": "UTF-8",
+                                   "ignore_empty": bool(ignore_empty), "resource": [resource]}
+        if callback:
+            request["callback"] = dict(callback)
+        url = self._url("crm/bulk/v8/write")
+        self._check_host(url)
+        response = self._send_not_repeatable("POST", url, json=request)
+        status = response.status_code
+        if status >= 500:
+            body = _json_or_none(response) or {}
+            raise ZohoServerError(
+                f"Zoho POST {safe_url(url)} answered HTTP {status} ({body.get('code') or 'no code'}: "
+                f"{body.get('message') or response.reason}) to the creation of a Bulk Write job for file {file_id}; "
+                "not retried, since the job may have been created: look at the org's Bulk Write jobs before "
+                "creating it again", code=body.get("code"), zoho_message=body.get("message"), status_code=status)
+        if status >= 400:
+            body = _json_or_none(response) or {}
+            details = body.get("details") if isinstance(body.get("details"), dict) else {}
+            field = details.get("api_name") or details.get("param_name")
+            if status == 400 and body.get("code") and field:
+                raise ZohoApiError(
+                    f"Zoho refused the Bulk Write job for file {file_id} ({module}, {operation}): {body['code']} on "
+                    f"{field}: {body.get('message') or response.reason}", code=body["code"],
+                    zoho_message=body.get("message"), status_code=status)
+            self._raise_for_zoho_error(response, url)
+        payload = _json_body(response, expected=_WRITE_JOB_CREATED)
+        items = payload.get("data") if isinstance(payload, dict) else None
+        item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else payload
+        details = item.get("details") if isinstance(item, dict) else None
+        job_id = details.get("id") if isinstance(details, dict) else None
+        if not _is_id(job_id):
+            raise ZohoMalformedResponseError(
+                f"expected {_WRITE_JOB_CREATED} from Zoho POST {safe_url(url)}, got no details.id (the job may "
+                "have been created: look at the org's Bulk Write jobs)", status_code=status)
+        log.info("Created Bulk Write job %s (%s into %s) for file %s", job_id, operation, module, file_id)
+        return str(job_id)
+
+    def _send_not_repeatable(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """:meth:`_send` for a request that must not be done twice: retries only when Zoho cannot have
+        acted on it (see :meth:`create_bulk_write_job`)."""
+        attempt = 0
+        refreshed = False
+        while True:
+            try:
+                response, sent_token = self._send_following_redirects(
+                    method, url, attach_token=True, stream=False, headers=None, **kwargs)
+            except _TRANSPORT_ERRORS as exc:
+                if not _never_sent(exc):
+                    raise ZohoConnectionError(
+                        f"Zoho {method} {safe_url(url)}: the connection failed after the request was sent "
+                        f"({type(exc).__name__}); not retried, since Zoho may have acted on it: look at the org's "
+                        "Bulk Write jobs before creating it again") from None
+                if attempt >= self.retry_limit:
+                    raise ZohoConnectionError(
+                        f"Zoho {method} {safe_url(url)} failed after {attempt + 1} attempts: {type(exc).__name__} "
+                        "(the connection could not be opened)") from None
+                self._sleep_before_retry(attempt, f"{type(exc).__name__} before the request was sent", method, url)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 401 and sent_token and not refreshed:
+                code = (_json_or_none(response) or {}).get("code")
+                if code in _TOKEN_REJECTED_CODES or code is None:
+                    log.warning("Zoho rejected the access token (%s); minting a new one and retrying once", code)
+                    self._forget_token(sent_token)
+                    refreshed = True
+                    continue
+            if status == 429 and attempt < self.retry_limit:
+                retry_after = response.headers.get("Retry-After")
+                response.close()
+                self._sleep_before_retry(attempt, "HTTP 429 (refused, not done)", method, url, retry_after)
+                attempt += 1
+                continue
+            return response
+
     # --- Bulk Read ------------------------------------------------------------------------------
 
     def create_bulk_read_job(
@@ -617,6 +821,96 @@ class ZohoCrmHook(BaseHook):
         except Exception as exc:  # the UI shows the message; secrets are never part of it
             return False, f"{type(exc).__name__}: {exc}"
         return True, f"Signed in to Zoho data centre {self.endpoints.data_center!r} ({self.endpoints.accounts_url})"
+
+
+class _MultipartFileBody:
+    """A ``multipart/form-data`` body with one part, ``file``, read from disk while it is sent.
+
+    requests sends an object with ``read`` chunk by chunk, and takes its ``Content-Length`` from
+    ``len()``; memory stays at one chunk whatever the file's size. :meth:`rewind` starts it over for
+    a retry.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], file_name: str,
+                 content_type: str = "application/zip") -> None:
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        # As browsers (and urllib3) escape a file name inside the quoted header parameter.
+        quoted = file_name.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+        self._head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{quoted}\"\r\n"
+                      f"Content-Type: {content_type}\r\n\r\n").encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close(), after the request
+        try:
+            self.file_size = os.fstat(self._file.fileno()).st_size
+        except OSError:
+            self._file.close()
+            raise
+        self._length = len(self._head) + self.file_size + len(self._tail)
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:  # requests treats an iterable with a length as a stream
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+    def tell(self) -> int:
+        return self._position
+
+    def rewind(self) -> None:
+        self._file.seek(0)
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._length - self._position
+        out = bytearray()
+        while len(out) < size and self._position < self._length:
+            want = size - len(out)
+            head_end = len(self._head)
+            file_end = head_end + self.file_size
+            if self._position < head_end:
+                piece = self._head[self._position:self._position + want]
+            elif self._position < file_end:
+                piece = self._file.read(min(want, file_end - self._position))
+                if not piece:
+                    raise OSError(f"the file being uploaded shrank to {self._position - head_end} bytes "
+                                  f"while it was sent (it had {self.file_size})")
+            else:
+                start = self._position - file_end
+                piece = self._tail[start:start + want]
+            out += piece
+            self._position += len(piece)
+        return bytes(out)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a transport failure happened before any byte of the request left: the connection could
+    not be opened (refused, unresolvable name, connect timeout). Anything else may have reached Zoho."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        # urllib3's NewConnectionError (refused, name resolution) derives from ConnectTimeoutError.
+        if isinstance(current, urllib3.exceptions.ConnectTimeoutError):
+            return True
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return False
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool) and bool(str(value))
 
 
 class _HandRedirectSession(requests.Session):

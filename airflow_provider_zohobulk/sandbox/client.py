@@ -106,6 +106,14 @@ class SandboxClient:
     def stats(self) -> dict[str, Any]:
         return self._call("stats")
 
+    def uploaded_files(self) -> list[dict[str, Any]]:
+        """Accepted uploads since the last reset, oldest first (file id, name sent, CSV, records, size)."""
+        return self._call("uploaded_files")
+
+    def write_jobs(self) -> list[dict[str, Any]]:
+        """Bulk Write jobs created from uploads since the last reset, oldest first."""
+        return self._call("write_jobs")
+
     def revoke_refresh_token(self, token: str) -> None:
         self._call("revoke_refresh_token", token=token)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 import zipfile
 from collections.abc import Callable, Sequence
@@ -50,6 +51,36 @@ MANDATORY_COLUMNS: dict[str, tuple[str, ...]] = {
 #: Default share of otherwise valid rows that the sandbox fails with INVALID_DATA, seeded by the job id.
 SEEDED_INVALID_SHARE = 0.02
 
+#: Zoho's limits on one uploaded CSV (reference section 4): records and columns per file.
+MAX_UPLOAD_RECORDS = 25_000
+MAX_UPLOAD_COLUMNS = 200
+
+#: Longest value (characters) Zoho takes per field API name; a longer value fails its row with
+#: ``INVALID_DATA-<column>``. Zoho's single-line text fields take 255, e-mail fields 100, multi-line
+#: (Description) 32,000; fields not listed are treated as single-line.
+FIELD_MAX_LENGTHS: dict[str, int] = {
+    "Email": 100,
+    "Secondary_Email": 100,
+    "Description": 32_000,
+}
+DEFAULT_FIELD_MAX_LENGTH = 255
+
+
+def field_max_length(api_name: str) -> int:
+    """How many characters Zoho takes in field ``api_name`` (see :data:`FIELD_MAX_LENGTHS`)."""
+    return FIELD_MAX_LENGTHS.get(api_name, DEFAULT_FIELD_MAX_LENGTH)
+
+
+class UploadRefusedError(ZohoConfigurationError):
+    """A zip that is readable but holds a CSV Zoho refuses (too many records or columns, an empty or a
+    repeated header); carries the Zoho-style ``code`` and ``details`` the server answers with (HTTP 400)."""
+
+    def __init__(self, code: str, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.zoho_message = message
+        self.details = details
+
 
 @dataclass
 class UploadedCsv:
@@ -69,13 +100,15 @@ class ResultFile:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def read_uploaded_zip(zip_bytes: bytes) -> UploadedCsv:
-    """The single CSV inside an uploaded zip; :class:`ZohoConfigurationError` when it is not one.
+def read_uploaded_zip(zip_bytes: bytes | str | os.PathLike[str]) -> UploadedCsv:
+    """The single CSV inside an uploaded zip (bytes or a path); :class:`ZohoConfigurationError` when it
+    is not one.
 
     The server answers that error as Zoho's ``INVALID_FILE_FORMAT``; the Python API lets it propagate.
     """
+    source = io.BytesIO(zip_bytes) if isinstance(zip_bytes, bytes | bytearray | memoryview) else zip_bytes
     try:
-        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+        with zipfile.ZipFile(source) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
             if not members:
                 raise ZohoConfigurationError("the uploaded zip holds no file")
@@ -104,6 +137,31 @@ def parse_csv(data: bytes, name: str) -> UploadedCsv:
         raise ZohoConfigurationError(f"{name} has no header row")
     header, rows = records[0], [row for row in records[1:] if row]
     return UploadedCsv(name=name, header=header, rows=rows)
+
+
+def check_upload_shape(upload: UploadedCsv, *, max_records: int = MAX_UPLOAD_RECORDS,
+                       max_columns: int = MAX_UPLOAD_COLUMNS) -> None:
+    """Refuse, as Zoho does, a CSV it will not import: more than 25,000 records or 200 columns, a column
+    without a header, or a header twice (columns map by header, so a repeated one is ambiguous).
+
+    Raises :class:`UploadRefusedError` naming the file and the column or count.
+    """
+    name = upload.name
+    if len(upload.header) > max_columns:
+        raise UploadRefusedError("LIMIT_EXCEEDED", f"{name} has {len(upload.header)} columns; at most {max_columns} "
+                                 "are allowed per file", limit=max_columns, columns=len(upload.header))
+    if len(upload.rows) > max_records:
+        raise UploadRefusedError("LIMIT_EXCEEDED", f"{name} has {len(upload.rows)} records; at most {max_records} "
+                                 "are allowed per file", limit=max_records, records=len(upload.rows))
+    seen: set[str] = set()
+    for index, column in enumerate(upload.header):
+        if not column.strip():
+            raise UploadRefusedError("INVALID_DATA", f"column {index + 1} of {name} has an empty header",
+                                     column_index=index)
+        if column in seen:
+            raise UploadRefusedError("DUPLICATE_DATA", f"{name} has the header {column!r} more than once",
+                                     column=column)
+        seen.add(column)
 
 
 @dataclass
@@ -178,8 +236,14 @@ def build_result(
             if email in seen_emails:
                 errors.append(f"DUPLICATE_DATA-{header[email_index]}")
             seen_emails.add(email)
-        if rng.random() < seeded_failure_share:
-            errors.append(f"INVALID_DATA-{header[rng.choice(other_indexes)]}")
+        # Drawn for every row (used or not), so a too-long value does not shift which other rows fail.
+        seeded = rng.random() < seeded_failure_share
+        seeded_column = header[rng.choice(other_indexes)] if seeded else None
+        too_long = [header[i] for i in plan.mapped_indexes if len(row[i]) > field_max_length(api_by_index[i])]
+        if too_long:
+            errors.append("INVALID_DATA-" + ",".join(too_long))
+        elif seeded_column is not None:
+            errors.append(f"INVALID_DATA-{seeded_column}")
 
         record_id = ""
         status = "SKIPPED"

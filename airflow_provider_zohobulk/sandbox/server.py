@@ -37,10 +37,13 @@ import math
 import os
 import re
 import secrets
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -89,7 +92,10 @@ FAULT_ENDPOINTS: dict[str, frozenset[str]] = {
     "status": _ANY_ENDPOINT,
     "reset_connection": _ANY_ENDPOINT,
     "redirect": _ANY_ENDPOINT,
+    "drop": _ANY_ENDPOINT,
     "token_error": frozenset({"token"}),
+    "invalid_file_format": frozenset({"upload"}),
+    "file_too_large": frozenset({"upload"}),
     "drop_mid_body": _DOWNLOADS,
     "slow_body": _DOWNLOADS,
     "corrupt_zip": _DOWNLOADS,
@@ -131,7 +137,9 @@ class SandboxOptions:
     link_ttl_seconds: float = 7 * 24 * 3600.0
     expired_link_status: int = 400
     upload_limit_bytes: int = 25 * 1024 * 1024
-    org_id: str = "sandbox-org"
+    upload_max_records: int = results.MAX_UPLOAD_RECORDS  # per uploaded CSV, as Zoho
+    upload_max_columns: int = results.MAX_UPLOAD_COLUMNS
+    org_id: str = "sandbox-org"  # the X-CRM-ORG an upload must name
     seeded_failure_share: float = results.SEEDED_INVALID_SHARE  # 0 makes every result follow from the upload alone
     # Variants of the result a client must tolerate (see the reference):
     result_bom: bool = False  # a UTF-8 BOM before the header
@@ -167,6 +175,9 @@ class SandboxOptions:
         if not _positive_int(self.bulk_read_per_page):
             raise ZohoConfigurationError(
                 f"sandbox bulk_read_per_page must be a positive integer, not {self.bulk_read_per_page!r}")
+        for name in ("upload_max_records", "upload_max_columns", "upload_limit_bytes"):
+            if not _positive_int(getattr(self, name)):
+                raise ZohoConfigurationError(f"sandbox {name} must be a positive integer, not {getattr(self, name)!r}")
         for name in ("bulk_read_downloads_per_minute", "bulk_read_max_active_jobs"):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
@@ -193,6 +204,26 @@ class _Resource:
     field_mappings: list[dict[str, Any]]
     find_by: str | None
     counts: dict[str, int] | None
+    file_id: str | None = None  # the upload it was created from (None: served with create_job_from_zip)
+
+
+@dataclass
+class _Upload:
+    """An accepted upload: its zip lives on disk (``path``), so many uploads cost no memory."""
+
+    file_id: str
+    path: str
+    file_name: str | None  # the multipart part's filename, as the client sent it
+    csv_name: str
+    records: int
+    columns: int
+    size: int
+    created_at: float  # sandbox clock
+
+    def describe(self) -> dict[str, Any]:
+        return {"file_id": self.file_id, "file_name": self.file_name, "csv_name": self.csv_name,
+                "records": self.records, "columns": self.columns, "size": self.size,
+                "created_time": _iso(self.created_at)}
 
 
 @dataclass
@@ -281,6 +312,10 @@ class ZohoSandbox:
         self._access_tokens: dict[str, tuple[str, float]] = {}  # token -> (refresh token, expires at)
         self._live: dict[str, list[str]] = {}  # refresh token -> its live access tokens, oldest first
         self._clock_offset = 0.0
+        #: Uploaded zips are kept here, not in memory; removed when the sandbox is garbage-collected.
+        self._upload_dir = tempfile.mkdtemp(prefix="zoho-sandbox-uploads-")
+        self._upload_dir_cleanup = weakref.finalize(self, shutil.rmtree, self._upload_dir, True)
+        self._uploads: dict[str, _Upload] = {}
         self._reset_volatile()
         self.add_client(client_id, client_secret, refresh_token)
         if options:
@@ -293,7 +328,11 @@ class ZohoSandbox:
             self._save_state()
 
     def _reset_volatile(self) -> None:
-        self._uploads: dict[str, bytes] = {}
+        for upload in self._uploads.values():
+            with contextlib.suppress(OSError):
+                os.remove(upload.path)
+        self._uploads = {}
+        self._write_jobs_created = 0
         self._jobs: dict[str, _Job] = {}
         self._records: dict[tuple[str, str, str], str] = {}
         self._faults: list[_Fault] = []
@@ -439,7 +478,10 @@ class ZohoSandbox:
         ``status`` (``status``, optional ``body`` or ``code``/``message``, ``retry_after`` -> header),
         ``reset_connection``, ``redirect`` (``location``, ``status`` 302; ``presigned=True`` signs the
         location, as a CDN's pre-signed link: a signed download is served without a token) on any endpoint;
-        ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
+        ``drop`` (``fraction`` 0.5 of the request body is read, then the connection is closed without an
+        answer; ``after_processing=True`` instead does the work, an upload stored or a job created, and then
+        closes: the answer is lost) on any endpoint; ``invalid_file_format`` (400) and ``file_too_large``
+        (413) on uploads; ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
         ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
         ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
         ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200). Downloads are Bulk Write
@@ -469,6 +511,7 @@ class ZohoSandbox:
                 "requests": [dict(r) for r in self._requests],
                 "jobs": len(self._jobs),
                 "uploads": len(self._uploads),
+                "write_jobs_created": self._write_jobs_created,
                 "pending_faults": [{"kind": f.kind, "count": f.count} for f in self._faults],
                 "read_jobs": len(self._read_jobs),
                 "read_downloads": self._read_downloads_total,
@@ -484,14 +527,40 @@ class ZohoSandbox:
             self._reset_volatile()
             self._save_state()
 
+    def uploaded_files(self) -> list[dict[str, Any]]:
+        """Every accepted upload since the last reset, oldest first: file id, the name the client sent,
+        the CSV inside, its records and columns, its size. Lets a test see *which* files a task uploaded
+        (a resumed submission uploading only the third file, say)."""
+        with self._lock:
+            return [upload.describe() for upload in self._uploads.values()]
+
+    def write_jobs(self) -> list[dict[str, Any]]:
+        """Every Bulk Write job created from uploads since the last reset, oldest first: job id, operation,
+        and per resource the module, file id, find_by and mapped fields."""
+        with self._lock:
+            return [{"job_id": job.job_id, "operation": job.operation, "created_time": _iso(job.created_at),
+                     "resources": [{"module": r.module, "file_id": r.file_id, "file_name": r.file_name,
+                                    "find_by": r.find_by, "fields": [m["api_name"] for m in r.field_mappings]}
+                                   for r in job.resources]}
+                    for job in self._jobs.values() if any(r.file_id for r in job.resources)]
+
     # --- jobs ------------------------------------------------------------------------------------------
 
-    def upload_file(self, zip_bytes: bytes) -> str:
-        """Store an uploaded zip (validated to hold a readable CSV); returns its file id."""
-        results.read_uploaded_zip(zip_bytes)
+    def upload_file(self, zip_bytes: bytes, *, file_name: str | None = None) -> str:
+        """Store an uploaded zip, validated as Zoho does (a zip holding a readable CSV, at most
+        ``upload_max_records`` records and ``upload_max_columns`` columns, no empty or repeated header);
+        returns its file id. Refusals raise :class:`ZohoConfigurationError` (a
+        :class:`~.results.UploadRefusedError` with Zoho's code for the CSV's shape)."""
+        upload = results.read_uploaded_zip(zip_bytes)
+        results.check_upload_shape(upload, max_records=self.options.upload_max_records,
+                                   max_columns=self.options.upload_max_columns)
         with self._lock:
             file_id = self._new_id()
-            self._uploads[file_id] = zip_bytes
+            path = os.path.join(self._upload_dir, f"{file_id}.zip")
+            with open(path, "wb") as f:
+                f.write(zip_bytes)
+            self._uploads[file_id] = _Upload(file_id, path, file_name, upload.name, len(upload.rows),
+                                             len(upload.header), len(zip_bytes), self.now())
             self._save_state()
             return file_id
 
@@ -509,7 +578,7 @@ class ZohoSandbox:
             for resource in resources_in:
                 module_field = resource["module"]
                 module = module_field if isinstance(module_field, str) else module_field["api_name"]
-                upload = results.read_uploaded_zip(self._uploads[str(resource["file_id"])])
+                upload = results.read_uploaded_zip(self._uploads[str(resource["file_id"])].path)
                 indexes, api_names = results.resolve_mappings(upload, resource.get("field_mappings"))
                 plan = results.ResultPlan(module, operation, upload, indexes, api_names, resource.get("find_by"))
                 built = results.build_result(
@@ -521,7 +590,7 @@ class ZohoSandbox:
                 mappings = [{"api_name": name, "index": index, "format": None, "find_by": None, "module": None,
                              "default_value": None} for index, name in zip(indexes, api_names, strict=True)]
                 resources.append(_Resource(module, isinstance(module_field, str), upload.name, mappings,
-                                           resource.get("find_by"), built.counts))
+                                           resource.get("find_by"), built.counts, str(resource["file_id"])))
             callback = request.get("callback") if isinstance(request.get("callback"), dict) else None
             self._jobs[job_id] = _Job(
                 job_id, operation, self.now(), self.options.job_step_seconds, resources,
@@ -529,6 +598,7 @@ class ZohoSandbox:
                 character_encoding=str(request.get("character_encoding") or "UTF-8"),
                 ignore_empty=bool(request.get("ignore_empty", False)), callback=callback,
                 created_by=self._creator())
+            self._write_jobs_created += 1
             self._save_state()
             return job_id
 
@@ -543,7 +613,7 @@ class ZohoSandbox:
         field_mappings: list[dict[str, Any]] | None = None,
     ) -> str:
         """Upload ``csv_bytes`` zipped and create a job for it: the HTTP path's logic, minus the HTTP."""
-        file_id = self.upload_file(results.zip_members([(file_name, csv_bytes)]))
+        file_id = self.upload_file(results.zip_members([(file_name, csv_bytes)]), file_name=f"{file_name}.zip")
         resource: dict[str, Any] = {"type": "data", "module": {"api_name": module}, "file_id": file_id}
         if find_by:
             resource["find_by"] = find_by
@@ -885,7 +955,8 @@ class ZohoSandbox:
                 "access_tokens": self._access_tokens,
                 "live": self._live,
                 "throttle": self._throttle,
-                "uploads": {k: base64.b64encode(v).decode() for k, v in self._uploads.items()},
+                "uploads": {k: {**asdict(v), "data": base64.b64encode(Path(v.path).read_bytes()).decode()}
+                            for k, v in self._uploads.items()},
                 "records": [[*key, value] for key, value in self._records.items()],
                 "jobs": [_job_to_json(job) for job in self._jobs.values()],
                 "bulk_read": {
@@ -899,6 +970,23 @@ class ZohoSandbox:
             tmp = self._state_file.with_name(self._state_file.name + ".tmp")
             tmp.write_text(json.dumps(state))
             os.replace(tmp, self._state_file)
+
+    def _restore_upload(self, file_id: str, saved: str | dict[str, Any]) -> None:
+        """An upload from a state file, written back to this run's upload folder (older state files
+        hold only the zip's bytes, base64)."""
+        data = base64.b64decode(saved if isinstance(saved, str) else saved["data"])
+        path = os.path.join(self._upload_dir, f"{file_id}.zip")
+        Path(path).write_bytes(data)
+        if isinstance(saved, str):
+            try:
+                upload = results.read_uploaded_zip(data)
+                csv_name, records, columns = upload.name, len(upload.rows), len(upload.header)
+            except ZohoConfigurationError:
+                csv_name, records, columns = "", 0, 0
+            self._uploads[file_id] = _Upload(file_id, path, None, csv_name, records, columns, len(data), self.now())
+        else:
+            fields_ = {k: v for k, v in saved.items() if k != "data"}
+            self._uploads[file_id] = _Upload(**{**fields_, "path": path})
 
     def _load_state(self) -> None:
         """Restore a saved state; the saved options win over the constructor's (it is the same sandbox)."""
@@ -915,7 +1003,8 @@ class ZohoSandbox:
         self._access_tokens = {k: (v[0], float(v[1])) for k, v in state["access_tokens"].items()}
         self._live = {k: list(v) for k, v in state["live"].items()}
         self._throttle = {k: (float(v[0]), int(v[1])) for k, v in state["throttle"].items()}
-        self._uploads = {k: base64.b64decode(v) for k, v in state["uploads"].items()}
+        for file_id, saved in state["uploads"].items():
+            self._restore_upload(file_id, saved)
         self._records = {(m, a, v): r for m, a, v, r in state["records"]}
         self._jobs = {job["job_id"]: _job_from_json(job) for job in state["jobs"]}
         read_state = state.get("bulk_read")  # absent from state files of sandboxes without Bulk Read
@@ -951,7 +1040,7 @@ def _job_from_json(data: dict[str, Any]) -> _Job:
     return _Job(**data)
 
 
-def _validate_job_request(request: Any, uploads: dict[str, bytes]) -> tuple[str, list[dict[str, Any]]]:
+def _validate_job_request(request: Any, uploads: dict[str, _Upload]) -> tuple[str, list[dict[str, Any]]]:
     """Zoho's rules for a create-job body; raises with the offending field named."""
     if not isinstance(request, dict):
         raise _JobRequestError("INVALID_DATA", "body", "the body must be a JSON object")
@@ -1163,12 +1252,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._admin(path[len("/_sandbox/"):])
             return
         self._entry = {"method": self.command, "path": path, "host": self.headers.get("Host", ""),
-                       "authorized": "Authorization" in self.headers, "status": None}
+                       "authorized": "Authorization" in self.headers, "status": None,
+                       "content_length": self.headers.get("Content-Length"),
+                       "transfer_encoding": self.headers.get("Transfer-Encoding")}
         self.sandbox._record_request(self._entry)
         endpoint = self._endpoint(path)
         fault = self.sandbox._take_fault(endpoint, path)
         if fault is not None and fault.kind == "reset_connection":
             self._reset()
+            return
+        if fault is not None and fault.kind == "drop" and not fault.params.get("after_processing"):
+            self._drop_mid_request(fault)
             return
         if endpoint == "upload":
             self._upload(fault)
@@ -1179,7 +1273,7 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "token":
             self._token(body, fault)
         elif endpoint == "create":
-            self._create_job(body)
+            self._create_job(body, fault)
         elif endpoint == "details":
             self._job_details(path)
         elif endpoint == "download":
@@ -1310,9 +1404,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200 if ok else options.token_error_status, answer)
 
     def _upload(self, fault: _Fault | None) -> None:
-        if fault is not None and fault.kind in ("status", "redirect"):
+        """Zoho's upload: the token, ``feature: bulk-write``, ``X-CRM-ORG`` naming this org, a multipart
+        part ``file`` holding a zip of one CSV within Zoho's limits. The body is read whole (at most
+        ``upload_limit_bytes`` plus framing: anything longer is refused unread) and the zip is kept on disk."""
+        kind = fault.kind if fault is not None else None
+        if kind in ("status", "redirect"):
             self._drain_body()
-            self._answer_generic_fault(fault)
+            self._answer_generic_fault(fault)  # type: ignore[arg-type]
+            return
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # The chunks are not read, so they must not be taken for a next request: close after answering.
+            self._json(411, _zoho_error("LENGTH_REQUIRED", "the upload must carry a Content-Length"),
+                       {"Connection": "close"})
             return
         limit = self.sandbox.options.upload_limit_bytes
         if int(self.headers.get("Content-Length") or 0) > limit + CHUNK_SIZE:  # multipart framing is small
@@ -1320,33 +1423,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, _zoho_error("FILE_TOO_LARGE", f"the file is larger than {limit} bytes"))
             return
         body = self._read_body()
+        if kind == "invalid_file_format":
+            self._json(400, _zoho_error("INVALID_FILE_FORMAT", "the file is not a zip file (sandbox fault)"))
+            return
+        if kind == "file_too_large":
+            self._json(413, _zoho_error("FILE_TOO_LARGE", f"the file is larger than {limit} bytes (sandbox fault)"))
+            return
         if self._unauthorized():
             return
         if (self.headers.get("feature") or "").lower() != "bulk-write":
             self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "required header feature: bulk-write is missing",
                                         header="feature"))
             return
-        if not self.headers.get("X-CRM-ORG"):
+        org = self.headers.get("X-CRM-ORG")
+        if not org:
             self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "required header X-CRM-ORG is missing",
                                         header="X-CRM-ORG"))
+            return
+        if org.strip() != self.sandbox.options.org_id:
+            self._json(400, _zoho_error("INVALID_DATA", "the organization in X-CRM-ORG is not the one this token "
+                                                        "belongs to", header="X-CRM-ORG"))
             return
         parts = _parse_multipart(self.headers.get("Content-Type", ""), body)
         if "file" not in parts:
             self._json(400, _zoho_error("MANDATORY_NOT_FOUND", "multipart part 'file' is missing", param_name="file"))
             return
-        data = parts["file"][1]
+        file_name, data = parts["file"]
         if len(data) > limit:
             self._json(413, _zoho_error("FILE_TOO_LARGE", f"the file is larger than {limit} bytes"))
             return
         try:
-            file_id = self.sandbox.upload_file(data)
+            file_id = self.sandbox.upload_file(data, file_name=file_name)
+        except results.UploadRefusedError as exc:
+            self._json(400, _zoho_error(exc.code, exc.zoho_message, **exc.details))
+            return
         except ZohoConfigurationError as exc:
             self._json(400, _zoho_error("INVALID_FILE_FORMAT", str(exc)))
+            return
+        if self._dropped_after_processing(fault):
             return
         self._json(200, {"status": "success", "code": "FILE_UPLOAD_SUCCESS", "message": "file uploaded.",
                          "details": {"file_id": file_id, "created_time": _iso(self.sandbox.now())}})
 
-    def _create_job(self, body: bytes) -> None:
+    def _drop_mid_request(self, fault: _Fault) -> None:
+        """The ``drop`` fault: read ``fraction`` (0.5) of the request body, then close without an answer."""
+        remaining = int(int(self.headers.get("Content-Length") or 0) * float(fault.params.get("fraction", 0.5)))
+        while remaining > 0:
+            chunk = self.rfile.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        self._reset()
+
+    def _dropped_after_processing(self, fault: _Fault | None) -> bool:
+        """The ``drop`` fault with ``after_processing``: the request did its work, the answer is lost."""
+        if fault is not None and fault.kind == "drop" and fault.params.get("after_processing"):
+            self._reset()
+            return True
+        return False
+
+    def _create_job(self, body: bytes, fault: _Fault | None = None) -> None:
         if self._unauthorized():
             return
         try:
@@ -1361,6 +1497,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except ZohoConfigurationError as exc:
             self._json(400, _zoho_error("INVALID_DATA", str(exc)))
+            return
+        if self._dropped_after_processing(fault):
             return
         self._json(201, {"status": "success", "code": "SUCCESS", "message": "success",
                          "details": {"id": job_id, "created_by": self.sandbox._creator()}})
@@ -1532,7 +1670,7 @@ class _Handler(BaseHTTPRequestHandler):
         "info", "configure", "add_client", "revoke_refresh_token", "advance_clock", "add_fault", "clear_faults",
         "stats", "reset", "create_job_from_csv", "create_job_from_zip", "job_details", "connection_extra",
         "airflow_connection", "airflow_connection_env", "seed_module", "read_modules", "read_records",
-        "create_read_job", "read_jobs", "read_job_details",
+        "create_read_job", "read_jobs", "read_job_details", "uploaded_files", "write_jobs",
     })
 
     def _from_this_machine(self) -> bool:
