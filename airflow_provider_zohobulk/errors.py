@@ -276,6 +276,11 @@ class SubmissionChangedError(ZohoBulkError):
     so resuming would mix two inputs; the message names the file and both fingerprints."""
 
 
+class SubmissionUncertainError(ZohoBulkError):
+    """An earlier try asked Zoho to create a file's job and never got the answer, so the job may exist;
+    creating it again could write the rows twice. The message says how to tell the task which it is."""
+
+
 #: Failures a task that waits for a job outlives: they arrive after the hook's own bounded retries,
 #: and the next poll (the sensor's timeout bounds them all) may well succeed. A malformed answer is
 #: among them: Zoho's maintenance pages are HTML served with HTTP 200, and a wait of hours should not

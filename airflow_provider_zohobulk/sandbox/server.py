@@ -474,7 +474,8 @@ class ZohoSandbox:
     def add_fault(self, kind: str, *, count: int = 1, path_prefix: str | None = None, **params: Any) -> None:
         """Make the next ``count`` matching requests misbehave; each firing consumes one.
 
-        ``path_prefix`` limits the fault to paths starting with it. Kinds and their params:
+        ``path_prefix`` limits the fault to paths starting with it; ``after=N`` lets the first N matching
+        requests through (the third upload fails, not the first). Kinds and their params:
         ``status`` (``status``, optional ``body`` or ``code``/``message``, ``retry_after`` -> header),
         ``reset_connection``, ``redirect`` (``location``, ``status`` 302; ``presigned=True`` signs the
         location, as a CDN's pre-signed link: a signed download is served without a token) on any endpoint;
@@ -878,6 +879,9 @@ class ZohoSandbox:
         with self._lock:
             for fault in self._faults:
                 if endpoint in FAULT_ENDPOINTS[fault.kind] and path.startswith(fault.path_prefix or "/"):
+                    if fault.params.get("after", 0) > 0:  # let this many matching requests through first
+                        fault.params["after"] -= 1
+                        continue
                     fault.count -= 1
                     if fault.count <= 0:
                         self._faults.remove(fault)

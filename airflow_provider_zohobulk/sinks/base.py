@@ -76,6 +76,11 @@ class ResultSink(abc.ABC):
     def open(self, job_id: str) -> None:
         """Prepare to receive the rows of ``job_id`` (connect, start a transaction or upload)."""
 
+    def expect_first_row(self, first_row: int) -> None:
+        """Each file of the coming load numbers its rows from ``first_row``, not 1: a job this provider
+        submitted carries input rows ``first_row`` onwards, and its result's rows say which. A sink that
+        checks row numbers starts there; one that does not has nothing to do."""
+
     def open_export(self, load: ExportLoad) -> None:
         """Prepare to receive every page of one Bulk Read export run; all pages commit together.
 
@@ -232,12 +237,15 @@ class StagedSink(ResultSink):
     def open(self, job_id: str) -> None:
         self._refuse_second_load(job_id)
         self._load = self._start_load(job_id)
-        self._job_id, self._row_column, self._next_row = job_id, "row_number", {}
+        self._job_id, self._row_column, self._next_row, self._first_row = job_id, "row_number", {}, 1
+
+    def expect_first_row(self, first_row: int) -> None:
+        self._first_row = first_row
 
     def open_export(self, load: ExportLoad) -> None:
         self._refuse_second_load(load.run_id)
         self._load = self._start_export(load)
-        self._job_id, self._row_column, self._next_row = load.run_id, "_row_number", {}
+        self._job_id, self._row_column, self._next_row, self._first_row = load.run_id, "_row_number", {}, 1
 
     def _refuse_second_load(self, job_id: str) -> None:
         if self._load is not None:
@@ -250,8 +258,8 @@ class StagedSink(ResultSink):
         self._load.write(file_name, batch)
 
     def _check_row_numbers(self, file_name: str, batch: pa.RecordBatch) -> None:
-        """Each file's rows (an export: each page's) must arrive once, numbered 1, 2, 3, ... across its
-        batches.
+        """Each file's rows (an export: each page's) must arrive once, numbered 1, 2, 3, ... (or from
+        :meth:`expect_first_row`) across its batches.
 
         This is what keeps ``(job_id, file_name, row_number)`` unique at every destination without a
         database constraint (DuckDB holds a key's index in memory for every row a transaction adds):
@@ -262,7 +270,7 @@ class StagedSink(ResultSink):
             return  # the layout itself is checked by the load (conform_batch, check_export_batch)
         numbers = batch.column(self._row_column)
         first, last = numbers[0].as_py(), numbers[-1].as_py()
-        expected = self._next_row.get(file_name, 1)
+        expected = self._next_row.get(file_name, self._first_row)
         if first != expected or last != first + batch.num_rows - 1:
             raise SinkError(
                 f"{self._describe()} got rows {first}..{last} of {file_name!r} where row {expected} was due: "
@@ -305,10 +313,14 @@ def unwind_as_failed(scope: contextlib.ExitStack, job_id: str) -> None:
 
 
 def load_batches(
-    sink: ResultSink, job_id: str, batches: Iterable[tuple[str, pa.RecordBatch]]
+    sink: ResultSink, job_id: str, batches: Iterable[tuple[str, pa.RecordBatch]], *, first_row: int = 1
 ) -> list[str]:
-    """Drive a sink through one load: open, write each batch, commit; abort on any exception."""
+    """Drive a sink through one load: open, write each batch, commit; abort on any exception.
+
+    ``first_row``: where each file's row numbers start (see :meth:`ResultSink.expect_first_row`)."""
     sink.open(job_id)
+    if first_row != 1:
+        sink.expect_first_row(first_row)
     return _write_and_commit(sink, batches)
 
 
