@@ -26,7 +26,8 @@ def test_example_dags_import_without_network(monkeypatch):
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) >= {"zoho_bulk_write_result", "zoho_bulk_write_wait_and_load",
-                                "zoho_bulk_write_downstream", "zoho_bulk_write_to_warehouse"}
+                                "zoho_bulk_write_downstream", "zoho_bulk_write_to_warehouse",
+                                "zoho_bulk_write_from_warehouse"}
     assert set(bag.dags["zoho_bulk_write_to_warehouse"].params) == {"job_id", "warehouse_conn_id", "table"}
     trigger_form = bag.dags["zoho_bulk_write_result"].params
     assert "job_id" in trigger_form and "destination" in trigger_form
@@ -134,5 +135,41 @@ def test_bulk_read_example_exports_two_modules_into_parquet_and_sqlite_and_merge
             stored = connection.execute(f'SELECT {columns} FROM "zoho_{module.lower()}" ORDER BY "Id"').fetchall()
         assert [dict(zip(rows[0], row, strict=True)) for row in stored] == rows
     assert len(zoho_sandbox.read_jobs()) == 2 * 2 * 2 * 2  # runs x modules x destinations x pages
+    for secret in ("sandbox-client-secret", "sandbox-refresh-token"):
+        assert secret not in output
+
+
+@pytest.mark.airflow_e2e
+@pytest.mark.slow
+def test_submit_example_round_trips_postgres_rows_through_zoho_and_reports_per_status(
+        zoho_sandbox, postgres_server, tmp_path):
+    """``zoho_bulk_write_from_warehouse``: a PostgreSQL query -> upsert Leads by Email -> results back into the
+    same PostgreSQL -> a report of rows per status; its counts are the warehouse's, joined to the input."""
+    zoho_sandbox.configure(seeded_failure_share=0.0)
+    with postgres_server.connect() as con:
+        con.execute("DROP TABLE IF EXISTS leads_to_sync")
+        con.execute("CREATE TABLE leads_to_sync (id int PRIMARY KEY, last_name text, email text, company text, "
+                    "phone text)")
+        con.execute("INSERT INTO leads_to_sync SELECT n, CASE WHEN n % 100 = 0 THEN '' ELSE 'Name ' || n END, "
+                    "'lead' || n || '@example.com', 'Acme', '0' || n FROM generate_series(1, 30000) AS n")
+    env = migrated_airflow_env(tmp_path / "airflow", zoho_sandbox.airflow_connection_env(),
+                               postgres_server.airflow_conn_env("example_warehouse"))
+    conf = {"warehouse_conn_id": "example_warehouse", "results_table": "zoho_submit_results"}
+    result = airflow_cli("dags", "test", "zoho_bulk_write_from_warehouse", "-c", json.dumps(conf), env=env)
+    output = result.stdout + result.stderr
+    assert "Outcome of 30000 rows in 2 jobs" in output
+    with postgres_server.connect() as con:
+        by_status = dict(con.execute("SELECT status, count(*) FROM zoho_submit_results GROUP BY status").fetchall())
+        # Every 100th lead has no Last_Name: Zoho skips it; the outcome row is the input row it reports on.
+        unjoined = con.execute(
+            "SELECT count(*) FROM zoho_submit_results r JOIN leads_to_sync l ON l.id = r.row_number "
+            "WHERE r.source->>'Email' <> l.email").fetchone()[0]
+        skipped_ids = [row[0] for row in con.execute(
+            "SELECT row_number FROM zoho_submit_results WHERE status = 'SKIPPED' ORDER BY 1").fetchall()]
+    assert by_status == {"ADDED": 29_700, "SKIPPED": 300}
+    assert unjoined == 0
+    assert skipped_ids == list(range(100, 30_001, 100))
+    assert "{'ADDED': 29700, 'SKIPPED': 300}" in output
+    assert zoho_sandbox.stats()["jobs"] == 2
     for secret in ("sandbox-client-secret", "sandbox-refresh-token"):
         assert secret not in output
