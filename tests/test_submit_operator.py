@@ -142,6 +142,33 @@ def test_a_retry_after_a_crash_before_the_third_upload_submits_only_the_third(ai
 
 
 @pytest.mark.airflow_e2e
+def test_a_lost_create_answer_is_not_created_again_on_retry(airflow_db, sandbox, tmp_path, capfd):
+    source = write_leads(tmp_path / "leads.csv", 30_000)
+    # Zoho creates the second job, then the connection drops before its answer: it may exist, so no retry may
+    # create it again; the task stops and says what to check.
+    sandbox.add_fault("drop", path_prefix="/crm/bulk/v8/write", after=1, after_processing=True)
+    state, states, _ = run_dag(load_dags().submit_dag, {"uri": str(source), "database": str(tmp_path / "r.duckdb")})
+    assert state == "failed" and states["submit"] == ("failed", 2)
+    assert len(sandbox.write_jobs()) == 2  # the first, and the second whose answer was lost: never a third
+    output = "".join(capfd.readouterr())  # the task runner logs to the process's streams
+    assert "SubmissionUncertainError" in output and "answer was lost" in output
+    assert not (tmp_path / "r.duckdb").exists()  # nothing was loaded
+
+
+@pytest.mark.airflow_e2e
+def test_an_input_changed_between_tries_is_refused_not_mixed(airflow_db, sandbox, tmp_path, capfd):
+    source = write_leads(tmp_path / "leads.csv", 30_000)
+    changed = write_leads(tmp_path / "changed.csv", 30_000, email_of=lambda n: f"other{n}@example.com")
+    sandbox.add_fault("status", count=2, path_prefix="/crm/v8/upload", status=500, after=1)  # try 1 ends there
+    state, states, _ = run_dag(load_dags().changing_dag, {"uri": str(source), "changed": str(changed),
+                                                          "database": str(tmp_path / "r.duckdb")})
+    assert state == "failed" and states["submit"] == ("failed", 2)
+    assert len(sandbox.write_jobs()) == 1  # the retry created nothing
+    output = "".join(capfd.readouterr())
+    assert "SubmissionChangedError" in output and "Leads-00001.csv" in output
+
+
+@pytest.mark.airflow_e2e
 def test_deferred_waits_find_the_jobs_in_the_ledger(airflow_db, sandbox, tmp_path):
     sandbox.configure(job_step_seconds=600)
     source = write_leads(tmp_path / "leads.csv", 30_000)

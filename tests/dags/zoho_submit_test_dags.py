@@ -30,3 +30,17 @@ with DAG("zoho_test_submit_no_wait", schedule=None, params=PARAMS) as no_wait_da
     ZohoBulkWriteOperator(
         task_id="submit", module="Leads", operation="{{ params.operation }}", find_by="{{ params.find_by }}",
         source=ObjectStorageSource("{{ params.uri }}"), wait_for_completion=False, hook_kwargs=FAST_HOOK)
+
+def _change_the_input(context) -> None:
+    """Between the tries: the input file is replaced by another (what a re-run query might return)."""
+    import shutil
+
+    shutil.copyfile(context["params"]["changed"], context["params"]["uri"])
+
+
+with DAG("zoho_test_submit_changing", schedule=None, params={"uri": "", "changed": "", "database": ""}) as changing_dag:
+    ZohoBulkWriteOperator(
+        task_id="submit", module="Leads", source=ObjectStorageSource("{{ params.uri }}"),
+        result_sink=DuckDBSink(database="{{ params.database }}"), hook_kwargs=FAST_HOOK, poll_interval=0.2,
+        wait_timeout=120, deferrable=False, retries=1, retry_delay=timedelta(seconds=0),
+        on_retry_callback=_change_the_input)
