@@ -475,6 +475,7 @@ def run_bulk_read_benchmark(
     work_dir: Path,
     cases: Sequence[str] = BULK_READ_CASES,
     repeat: int = 1,
+    profile_dir: Path | None = None,
     log: Any = print,
 ) -> list[Measurement]:
     """Run the Bulk Read ``cases`` like :func:`run_benchmark` runs the others: round robin, fresh
@@ -489,7 +490,8 @@ def run_bulk_read_benchmark(
                 page_urls=export.page_urls, page_job_ids=export.page_job_ids, fields=export.fields,
             )
             clear_destination(case, work_dir, pg_dsn)
-            result = run_case_process(config, env, work_dir)
+            profile_path = profile_dir / f"{case}.{attempt + 1}.stacks" if profile_dir else None
+            result = run_case_process(config, env, work_dir, profile_path)
             check_bulk_read_destination(result, export, work_dir, pg_dsn)
             clear_destination(case, work_dir, pg_dsn)
             keep_fastest(best, Measurement(
@@ -807,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
                     bulk_read = prepare_bulk_read_export(sandbox, args.bulk_read_records, BULK_READ_PAGES, page_dir)
                     measurements += run_bulk_read_benchmark(
                         export=bulk_read, access_token=access_token, pg_dsn=postgres.dsn, env=env,
-                        work_dir=work_dir, cases=bulk_read_cases, repeat=args.repeat,
+                        work_dir=work_dir, cases=bulk_read_cases, repeat=args.repeat, profile_dir=profile_dir,
                     )
                 finally:
                     shutil.rmtree(page_dir, ignore_errors=True)

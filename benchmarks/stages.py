@@ -1,6 +1,7 @@
 """Where the time goes: CPU seconds of each pipeline stage alone, and PostgreSQL's side of COPY.
 
-``python -m benchmarks.stages --rows 1000000``
+``python -m benchmarks.stages --rows 1000000``; a Bulk Read export page instead (issue #12):
+``python -m benchmarks.stages --bulk-read-records 200000`` (both quoting styles Zoho may use).
 
 ``run.py`` measures whole cases by wall clock on a shared 2-core machine, where other work shifts
 the numbers from one minute to the next. This script splits our pipeline into its stages and runs
@@ -30,7 +31,7 @@ import pyarrow.csv as pacsv
 
 from benchmarks.generate import ensure_result_zip
 
-__all__ = ["cpu_seconds", "main", "postgres_costs", "stage_costs"]
+__all__ = ["bulk_read_stage_costs", "cpu_seconds", "main", "postgres_costs", "stage_costs"]
 
 
 def file_chunks(path: Path, size: int = 1 << 16) -> Iterator[bytes]:
@@ -125,6 +126,65 @@ def stage_costs(zip_path: Path, repeat: int) -> tuple[list[tuple[str, float]], l
     return costs, canonical_batches, [csv_chunks, payload]
 
 
+def export_page_csv(records: int, *, quote_all: bool, fields: int = 20) -> bytes:
+    """One Bulk Read page's CSV of ``records`` Leads, as the sandbox writes it: values quoted only where
+    needed (``quote_all=False``) or every one (``quote_all=True``, the sandbox's ``bulk_read_quote_all``)."""
+    import csv
+
+    from airflow_provider_zohobulk.sandbox.bulk_read import FIELDS, Dataset
+
+    dataset = Dataset.create("Leads", records)
+    names = list(FIELDS["Leads"])[:fields]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    writer.writerow(names)
+    writer.writerows(dataset.rows(range(records), names))
+    return buffer.getvalue().encode("utf-8")
+
+
+def bulk_read_stage_costs(records: int, repeat: int, *, quote_all: bool) -> tuple[int, list[tuple[str, float]]]:
+    """CPU seconds per stage of one export page (no unzip: it costs what it costs for results), and the
+    page's CSV size: the decoder and its stray-quote check alone, the export layout, the Parquet
+    encoder of ObjectStorageSink and the COPY payload of SqlSink."""
+    from airflow_provider_zohobulk.bulk_read import to_export_layout
+    from airflow_provider_zohobulk.sinks.formats import ParquetEncoder, encode_csv
+    from airflow_provider_zohobulk.stream.decode import first_stray_quote, iter_csv_batches
+
+    data = export_page_csv(records, quote_all=quote_all)
+    chunks = [data[start:start + (1 << 16)] for start in range(0, len(data), 1 << 16)]
+    blocks = [data[start:start + (1 << 20)] for start in range(0, len(data), 1 << 20)]
+    costs = [("stray-quote check alone (first_stray_quote, 1 MiB blocks)",
+              cpu_seconds(lambda: [first_stray_quote(block) for block in blocks], repeat)[0])]
+    seconds, decoded = cpu_seconds(
+        lambda: list(iter_csv_batches(iter(chunks), file_name="f.csv", empty_as_null=False)), repeat)
+    costs.append(("stream/decode iter_csv_batches (export: empty is \"\")", seconds))
+
+    def layout() -> list[pa.RecordBatch]:
+        out, next_row = [], 1
+        for batch in decoded:
+            out.append(to_export_layout(batch, job_id="1", page=1, file_name="f.csv", first_row_number=next_row))
+            next_row += batch.num_rows
+        return out
+
+    seconds, batches = cpu_seconds(layout, repeat)
+    costs.append(("bulk_read to_export_layout", seconds))
+
+    def parquet() -> int:
+        stream = io.BytesIO()
+        encoder = ParquetEncoder(stream, flat=True)
+        for batch in batches:
+            encoder.write(batch)
+        encoder.finish()
+        return stream.tell()
+
+    seconds, size = cpu_seconds(parquet, repeat)
+    costs.append((f"sinks/formats ParquetEncoder flat ({size / 1e6:.1f} MB file)", seconds))
+    costs.append(("sinks/formats encode_csv flat (client side of SqlSink's COPY)",
+                  cpu_seconds(lambda: [encode_csv(batch, include_header=False, flat=True) for batch in batches],
+                              repeat)[0]))
+    return len(data), costs
+
+
 _JSONB = "errors jsonb, errors_raw text, source jsonb"
 _JSON = "errors json, errors_raw text, source json"
 _TEXT = "errors text, errors_raw text, source text"
@@ -187,7 +247,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per stage; the best is reported")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
+    parser.add_argument("--bulk-read-records", type=int, default=0,
+                        help="instead: the stages of one Bulk Read page of this many Leads records, quoted where "
+                             "needed and quoted throughout")
     args = parser.parse_args(argv)
+    if args.bulk_read_records:
+        for quote_all in (False, True):
+            size, costs = bulk_read_stage_costs(args.bulk_read_records, args.repeat, quote_all=quote_all)
+            print(f"\n{args.bulk_read_records:,} Leads records, 20 fields, {size / 1e6:,.1f} MB of CSV, "
+                  f"{'every value quoted' if quote_all else 'quoted where needed'}; CPU seconds, best of "
+                  f"{args.repeat}, one thread\n")
+            print("| stage | CPU s | MB of CSV per CPU s |\n|---|---:|---:|")
+            for label, seconds in costs:
+                print(f"| {label} | {seconds:.3f} | {size / 1e6 / seconds:,.0f} |")
+        return
     zip_path, manifest = ensure_result_zip(args.rows)
     mb = manifest.csv_bytes / 1e6
     costs, _, (raw_csv, canonical_csv) = stage_costs(zip_path, args.repeat)

@@ -15,7 +15,14 @@ import pyarrow as pa
 import pytest
 
 from airflow_provider_zohobulk.errors import CsvFormatError
-from airflow_provider_zohobulk.stream.decode import iter_csv_batches, last_row_end, unique_column_names
+from airflow_provider_zohobulk.stream import decode as decode_module
+from airflow_provider_zohobulk.stream.decode import (
+    _STRAY_QUOTE,
+    first_stray_quote,
+    iter_csv_batches,
+    last_row_end,
+    unique_column_names,
+)
 from tests.fixtures.zips import RESULT_HEADER, SAMPLE_RESULT_ROWS, chunked, make_result_csv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,6 +213,37 @@ def test_quotes_that_rfc_4180_allows_are_not_taken_for_stray_ones():
     data = b'a,b\r\n"he said ""hi""",2\r\n"",""""\r\n"x\r\ny","a,b"\r\n'
     assert rows_of(decode(data, block_size=1, chunk_size=3)) == [
         {"a": 'he said "hi"', "b": "2"}, {"a": None, "b": '"'}, {"a": "x\r\ny", "b": "a,b"}]
+
+
+@pytest.mark.parametrize("window", [1, 2, 7, 1 << 20])
+def test_the_dense_quote_search_finds_what_the_regex_finds(monkeypatch, window):
+    """Blocks with many quotes (every value quoted) are searched by bit arithmetic in windows; it must
+    agree with the regex on every input, a quote at a window's edge included."""
+    monkeypatch.setattr(decode_module, "STRAY_QUOTE_WINDOW", window)
+    monkeypatch.setattr(decode_module, "DENSE_QUOTES_EVERY", 1)  # always the bit arithmetic
+    rng = random.Random(12)
+    samples = [bytes(rng.choice(b'a",\r\n') for _ in range(rng.randrange(0, 40))) for _ in range(3000)]
+    samples += [b'a"b', b'\r"x', b'"a"', b'x"""y', b'1,12",3\n', b'"', b'ab"\n', b"".join([b'"a",'] * 50) + b'b"c']
+    for sample in samples:
+        expected = _STRAY_QUOTE.search(sample)
+        assert first_stray_quote(sample) == (-1 if expected is None else expected.start()), sample
+        assert first_stray_quote(memoryview(sample)) == first_stray_quote(sample)
+
+
+@pytest.mark.parametrize(("block_size", "chunk_size"), [(1, 7), (64, 10), (1 << 20, 1 << 16)])
+def test_a_stray_quote_in_a_csv_with_every_value_quoted(block_size, chunk_size):
+    """The dense path on a whole decode: every value quoted, one stray quote in row 30."""
+    rows = [[f"v{row}", "Acme, Inc.", f'said ""{row}""', ""] for row in range(1, 60)]
+    rows[29][1] = 'Ac"me'
+    lines = ["a,b,c,d", *(",".join(f'"{value}"' for value in row) for row in rows)]
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    with pytest.raises(CsvFormatError, match="a quote inside a field") as caught:
+        decode(data, block_size=block_size, chunk_size=chunk_size)
+    assert caught.value.row_number == 30
+    rows[29][1] = "Acme"
+    good = ("\r\n".join(["a,b,c,d", *(",".join(f'"{value}"' for value in row) for row in rows)]) + "\r\n").encode()
+    decoded = rows_of(decode(good, block_size=block_size, chunk_size=chunk_size))
+    assert len(decoded) == 59 and decoded[4] == {"a": "v5", "b": "Acme, Inc.", "c": 'said "5"', "d": None}
 
 
 def test_unclosed_quote_in_the_header():

@@ -180,6 +180,32 @@ def test_a_multi_page_export_into_local_files_one_per_page(tmp_path: Path, zoho_
     assert without(got, *META) == expected_export_rows(zoho_sandbox, records=3500)
 
 
+def test_parquet_dictionaries_only_for_columns_that_repeat(tmp_path: Path):
+    """Unique values (ids, e-mails) are hashed for nothing in a dictionary: only repeated ones get one,
+    judged on the file's first batch with rows; a row-less first batch does not decide it, and every
+    value reads back as written."""
+    rows = [{"Id": str(4150868000000000000 + i), "Email": f"u{i}@example.com", "Lead_Status": ["New", "Junk"][i % 2],
+             "City": "Lagos" if i % 3 else ""} for i in range(300)]
+    columns = ["Id", "Email", "Lead_Status", "City"]
+    batches = [("Leads-00001.csv", export_batch([], columns)), ("Leads-00001.csv", export_batch(rows[:200], columns)),
+               ("Leads-00001.csv", export_batch(rows[200:], columns, first_row=201))]
+    load_export_batches(ObjectStorageSink(str(tmp_path / "{file}.parquet")), ExportLoad("Leads", "J1"), batches)
+    parquet = pq.ParquetFile(tmp_path / "Leads-00001.parquet")
+    encodings = {parquet.metadata.row_group(0).column(index).path_in_schema:
+                 parquet.metadata.row_group(0).column(index).encodings for index in range(parquet.metadata.num_columns)}
+    dictionary = {name for name, used in encodings.items() if any("DICTIONARY" in encoding for encoding in used)}
+    assert dictionary == {"Lead_Status", "City", "_job_id", "_page"}
+    assert parquet.read().to_pylist() == [{**row, "_job_id": "J1", "_page": 1, "_row_number": number}
+                                          for number, row in enumerate(rows, 1)]
+
+
+def test_a_parquet_page_without_rows_keeps_its_columns(tmp_path: Path):
+    load_export_batches(ObjectStorageSink(str(tmp_path / "{file}.parquet")), ExportLoad("Leads", "J1"),
+                        [("Leads-00001.csv", export_batch([], ["Id", "Email"]))])
+    table = pq.read_table(tmp_path / "Leads-00001.parquet")
+    assert table.num_rows == 0 and table.schema.names == ["Id", "Email", *META]
+
+
 def test_several_pages_need_the_file_placeholder(tmp_path: Path, four_pages):
     with pytest.raises(SinkConfigurationError, match=r"the export has several pages \('Leads-00001.csv', "
                                                      r"'Leads-00002.csv'\) .* put \{file\} in the URI"):

@@ -16,10 +16,11 @@ How it works, and why:
   A quote inside a field that is not RFC 4180's (``5" screen``, ``"ab"c``: text on both sides of
   it) would make pyarrow and the parity disagree on where rows end, and so make the rows depend on
   how the input was chunked; every block with quotes is scanned for one (a ``re`` search that skips
-  to each quote in C, ~0.1 CPU-s per million rows of quoted data) and the file reported as
-  malformed. A stray quote at the very end of an unquoted field (``12",``) looks like a closing
-  quote and cannot be told apart locally; it upsets the parity, which most often ends in an
-  unclosed-quote or ragged-row error, but two such quotes can cancel out.
+  to each quote in C, ~0.1 CPU-s per million rows of quoted data; where nearly every value is
+  quoted, bit arithmetic over the bytes' classes instead, :func:`first_stray_quote`, ~40 % cheaper
+  there) and the file reported as malformed. A stray quote at the very end of an unquoted field
+  (``12",``) looks like a closing quote and cannot be told apart locally; it upsets the parity,
+  which most often ends in an unclosed-quote or ragged-row error, but two such quotes can cancel out.
 * When pyarrow rejects a block (ragged row, invalid UTF-8), the block is re-read with the csv
   module to name the exact 1-based data row: precision on the error path, speed on the happy path.
   A row with more fields than ``max_columns`` is found first without splitting it into fields
@@ -60,7 +61,7 @@ from airflow_provider_zohobulk.arrow_values import empty_batch
 from airflow_provider_zohobulk.errors import ColumnLimitError, CsvFormatError
 from airflow_provider_zohobulk.stream.unzip import UnzipLimits
 
-__all__ = ["count_fields", "iter_csv_batches", "unique_column_names", "written_header"]
+__all__ = ["count_fields", "first_stray_quote", "iter_csv_batches", "unique_column_names", "written_header"]
 
 BOM = b"\xef\xbb\xbf"
 QUOTE = b'"'
@@ -75,6 +76,18 @@ _LINE_END = re.compile(rb"[\r\n]")
 #: A quote with text on both sides (neither a delimiter, a line end nor another quote): found by
 #: jumping from quote to quote, the lookbehind then checks the byte before it.
 _STRAY_QUOTE = re.compile(rb'"(?<=[^,\n"]")[^,\r\n"]')
+#: The same search by bit arithmetic (:func:`first_stray_quote`): every byte becomes its class, bit 0
+#: a quote, bit 1 a byte that may precede a stray quote (not ``,`` ``\n`` ``"``), bit 2 one that may
+#: follow it (not ``,`` ``\r`` ``\n`` ``"``).
+_QUOTE_CLASSES = bytes(
+    1 if byte == QUOTE[0] else (byte not in b',\n"') << 1 | (byte not in b',\r\n"') << 2 for byte in range(256))
+#: Bytes the bit arithmetic handles at a time: its few temporary integers stay in the CPU's cache
+#: (1 MiB windows ran 2.5x slower per byte than 64 KiB ones).
+STRAY_QUOTE_WINDOW = 1 << 16
+#: A block with more quotes than one in this many bytes (judged on its first 64 KiB) is searched by bit
+#: arithmetic, ~1.5 ms per MiB whatever it holds; the regex costs ~20 ns per quote: ~3 ms per MiB of a
+#: CSV with every value quoted, ~0.5 ms per MiB of one quoted only where needed.
+DENSE_QUOTES_EVERY = 16
 
 
 def unique_column_names(header: Sequence[str]) -> list[str]:
@@ -126,6 +139,30 @@ def count_fields(data: bytes, start: int = 0, end: int | None = None) -> int:
         commas += b"".join(pieces[int(inside)::2]).count(COMMA)  # every other piece lies outside quotes
         inside ^= len(pieces) % 2 == 0  # an odd number of quotes in the window
     return commas + 1
+
+
+def first_stray_quote(block: bytes | memoryview) -> int:
+    """Offset of the first quote in ``block`` with text on both sides (see the module docstring), or -1.
+
+    Quotes at the block's very start or end are never stray: a block starts and ends at a row boundary.
+    Where quotes are dense (every value quoted) the regex's cost per quote adds up, so the block's bytes
+    become their classes (:data:`_QUOTE_CLASSES`) and one integer of them, ``x``, answers for every byte
+    at once: ``x & x << 7 & x >> 10`` has bit ``8i`` set exactly where byte ``i`` is a quote, byte
+    ``i - 1`` may precede a stray quote and byte ``i + 1`` may follow one. No other bit can be set.
+    """
+    sample = block[:1 << 16]
+    if bytes(sample).count(QUOTE) * DENSE_QUOTES_EVERY <= len(sample):
+        found = _STRAY_QUOTE.search(block)
+        return -1 if found is None else found.start()
+    size = len(block)
+    for start in range(0, size, STRAY_QUOTE_WINDOW):
+        # One byte of context on either side: a quote at a window's edge is judged in its neighbour.
+        low = max(start - 1, 0)
+        classes = int.from_bytes(bytes(block[low:start + STRAY_QUOTE_WINDOW + 1]).translate(_QUOTE_CLASSES), "little")
+        stray = classes & classes << 7 & classes >> 10
+        if stray:
+            return low + (((stray & -stray).bit_length() - 1) >> 3)
+    return -1
 
 
 def iter_rows(data: bytes) -> Iterator[tuple[int, int]]:
@@ -302,9 +339,9 @@ class CsvDecoder:
 
     def refuse_stray_quote(self, block: bytes | memoryview) -> None:
         """Raise if a quote in ``block`` (whole rows) has text on both sides (see the module docstring)."""
-        stray = _STRAY_QUOTE.search(block)
-        if stray is not None:
-            raise self.stray_quote(bytes(block), stray.start())
+        stray = first_stray_quote(block)
+        if stray >= 0:
+            raise self.stray_quote(bytes(block), stray)
 
     def stray_quote(self, block: bytes, offset: int) -> CsvFormatError:
         """A quote at ``offset`` with text on both sides: name its row (rows counted up to it, skipping
