@@ -36,6 +36,14 @@ if [ "$extras" = "test" ]; then
     apt-get update -qq
     apt-get install -y -qq postgresql >/dev/null
   fi
+  # Redis from Debian's package: the Celery broker of the scale-out tests, which start their own server on
+  # 127.0.0.1 (a service the package may have started is not used).
+  if ! command -v redis-server >/dev/null; then
+    echo "== installing Redis from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq redis-server >/dev/null
+  fi
   # Azurite, Microsoft's Azure Storage emulator, from npm for the azure:// sink tests. 3.35.0 is the
   # newest release that runs on Node.js 20 (3.36 needs 21, 3.37 needs 22); Debian's nodejs suffices.
   azurite_version="3.35.0"

@@ -26,4 +26,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.airflow_env",
     "tests.fixtures.running_airflow",
+    "tests.fixtures.celery_airflow",
 ]

@@ -1,0 +1,291 @@
+"""The provider on Airflow's CeleryExecutor: mapped loads spread over two workers, and the faults of a
+distributed deployment (a worker killed mid-load, the broker restarted, the triggerer restarted).
+
+One cluster (``tests/fixtures/celery_airflow.py``) serves every test of the module, in order; each test
+leaves it with two live workers. What each test checks is what a user scaling out relies on: every row
+lands exactly once whatever the faults, Zoho sees one token mint for the connection however many
+workers run its tasks (the ``oauth_cache=variable`` store), and no more Zoho calls at once than the
+``zoho_bulk`` pool allows. The pool (4 slots) is smaller than the workers' 8 slots, so it is the pool
+that limits, not the workers.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_zohobulk.sandbox import sample_leads_csv
+from tests.fixtures.celery_airflow import POOL, CeleryAirflow
+
+# The per-test timeout counts the cluster's start in the first test; a loaded CI machine needs room.
+pytestmark = [pytest.mark.celery, pytest.mark.airflow_e2e, pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow,
+              pytest.mark.timeout(600)]
+
+SCALE_DAG = "zoho_celery_scale_out"
+WAIT_DAG = "zoho_celery_wait_and_load"
+LOADS = ("load_to_postgres", "load_to_s3", "load_to_files")
+POOL_SLOTS = 4
+JOBS = 20  # x 2 destinations = 40 mapped loads
+MODULES = ["Leads", "Contacts"]
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def create_jobs(sandbox: Any, count: int, *, first_seed: int, rows: int = 120) -> dict[str, int]:
+    """``count`` Bulk Write jobs of varied sizes: job id -> rows of its result (one per input row)."""
+    sizes = [rows + 7 * n for n in range(count)]
+    return {sandbox.create_job_from_csv(sample_leads_csv(size, seed=first_seed + n)): size
+            for n, size in enumerate(sizes)}
+
+
+def run_dag(cluster: CeleryAirflow, dag_id: str, conf: dict[str, Any], timeout: float = 300) -> str:
+    """Trigger a run, wait for its end, fail with every task's state and log unless it succeeded."""
+    run_id = cluster.airflow.trigger_dag(dag_id, conf)["dag_run_id"]
+    run = cluster.airflow.wait_for_run(dag_id, run_id, timeout=timeout)
+    assert run["state"] == "success", cluster.failure_report(dag_id, run_id)
+    return run_id
+
+
+def postgres_counts(cluster: CeleryAirflow, table: str) -> dict[str, tuple[int, int]]:
+    """job id -> (rows, distinct (file, row number)) in the warehouse table."""
+    with cluster.postgres.connect() as con:
+        return {job: (rows, distinct) for job, rows, distinct in con.execute(
+            f'SELECT job_id, count(*), count(DISTINCT (file_name, row_number)) FROM "{table}" GROUP BY job_id')}
+
+
+def s3_objects(cluster: CeleryAirflow, bucket: str, prefix: str) -> dict[str, int]:
+    """key -> Parquet rows, for every object under ``prefix``."""
+    client = cluster.s3.client()
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return {key: pq.ParquetFile(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read())).metadata.num_rows
+            for key in keys}
+
+
+def unfinished_uploads(cluster: CeleryAirflow, bucket: str) -> list[str]:
+    """Multipart uploads started and neither completed nor aborted (staged data left in the bucket)."""
+    return [upload["Key"] for upload in cluster.s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def max_overlap(intervals: list[tuple[str, str]]) -> int:
+    """The most intervals open at one instant (ISO timestamps of one format sort as times; an end at the
+    instant another starts does not overlap it)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def pool_intervals(cluster: CeleryAirflow, dag_id: str, run_id: str) -> list[tuple[str, str]]:
+    """(start, end) of every try of every task of the run that ran in the ``zoho_bulk`` pool."""
+    intervals = []
+    for ti in cluster.task_instances(dag_id, run_id):
+        if ti["pool"] != POOL or not ti["start_date"]:
+            continue
+        tries = cluster.tries(dag_id, run_id, ti["task_id"], ti["map_index"]) if ti["try_number"] > 1 else [ti]
+        intervals += [(t["start_date"], t["end_date"]) for t in tries if t["start_date"] and t["end_date"]]
+    return intervals
+
+
+def detail_calls(sandbox: Any, job_ids: set[str]) -> int:
+    """Job-details calls for these jobs so far (the polls of the triggers waiting for them)."""
+    return sum(1 for r in sandbox.stats()["requests"]
+               if r["method"] == "GET" and r["path"].rstrip("/").rsplit("/", 1)[-1] in job_ids)
+
+
+def assert_one_token(cluster: CeleryAirflow) -> None:
+    minted = cluster.sandbox.stats()["tokens_minted"]
+    assert minted <= 1, f"Zoho minted {minted} access tokens for one connection; the variable store should share one"
+
+
+@pytest.fixture
+def table() -> str:
+    return f"celery_results_{uuid.uuid4().hex[:10]}"
+
+
+# --- the tests, in the order they run -----------------------------------------------------------------
+
+
+def test_mapped_loads_spread_over_both_workers_each_row_once(celery_airflow: CeleryAirflow, table: str) -> None:
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    jobs = create_jobs(sandbox, JOBS, first_seed=100)
+    assert all(sum(resource["file"]["total_count"] for resource in sandbox.job_details(job)["resource"]) == rows
+               for job, rows in jobs.items())
+    bucket = cluster.s3.new_bucket("scale-out")
+    started = time.monotonic()
+    run_id = run_dag(cluster, SCALE_DAG, {"job_ids": list(jobs), "targets": ["postgres", "s3"], "modules": MODULES,
+                                          "bucket": bucket, "table": table})
+    elapsed = time.monotonic() - started
+
+    instances = cluster.task_instances(SCALE_DAG, run_id)
+    loads = [ti for ti in instances if ti["task_id"] in LOADS and ti["map_index"] >= 0]
+    assert len(loads) == 2 * JOBS
+    assert {ti["state"] for ti in loads} == {"success"}
+    # Both workers took loads: the run really was distributed. (Which worker takes how many is Celery's call.)
+    by_worker = Counter(ti["hostname"] for ti in loads)
+    assert set(by_worker) == set(cluster.workers), by_worker
+    # The Zoho-calling tasks stayed within the pool, though the workers had room for twice as many.
+    assert all(ti["pool"] == POOL for ti in loads)
+    assert max_overlap(pool_intervals(cluster, SCALE_DAG, run_id)) <= POOL_SLOTS
+
+    # Every row once in PostgreSQL, per job.
+    assert postgres_counts(cluster, table) == {job: (rows, rows) for job, rows in jobs.items()}
+    # One object per job in S3 with all its rows, and nothing staged left over.
+    assert s3_objects(cluster, bucket, "bulk_write/") == {
+        f"bulk_write/{job}/Leads-Leads.parquet": rows for job, rows in jobs.items()}
+    # The Bulk Read exports: one page each, every record of the module.
+    exported = s3_objects(cluster, bucket, "bulk_read/")
+    assert exported == {f"bulk_read/{module}/{module}-00001.parquet":
+                        sandbox.read_records(module, fields=["Id"], limit=0)["matching"] for module in MODULES}
+    assert unfinished_uploads(cluster, bucket) == []
+
+    # Forty loads over two workers, one token: the first task minted it, every other one found it shared.
+    assert sandbox.stats()["tokens_minted"] == 1
+    print(f"\n{2 * JOBS} loads + {len(MODULES)} exports on {len(cluster.workers)} workers in {elapsed:.0f}s "
+          f"({2 * JOBS / elapsed * 60:.0f} loads/min); by worker: {dict(by_worker)}")
+
+
+def test_worker_killed_mid_load_is_retried_on_the_other_worker(celery_airflow: CeleryAirflow, table: str) -> None:
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    jobs = create_jobs(sandbox, 1, first_seed=200, rows=1000)
+    (job_id, rows), = jobs.items()
+    bucket = cluster.s3.new_bucket("worker-killed")
+    # The three loads' downloads crawl (512 bytes every half second, about 15 s), so they are surely
+    # mid-load when the worker dies; the retries' downloads are not slowed.
+    download_path = urlsplit(sandbox.job_details(job_id)["result"]["download_url"]).path
+    sandbox.add_fault("slow_body", count=len(LOADS), path_prefix=download_path, delay=0.5, chunk_size=512)
+    run_id = cluster.airflow.trigger_dag(SCALE_DAG, {"job_ids": [job_id], "targets": ["postgres", "s3", "files"],
+                                                     "bucket": bucket, "table": table})["dag_run_id"]
+
+    def every_load_downloading() -> dict[str, dict[str, Any]] | None:
+        running = {ti["task_id"]: ti for ti in cluster.task_instances(SCALE_DAG, run_id)
+                   if ti["task_id"] in LOADS and ti["state"] == "running" and ti["hostname"]}
+        downloads = [r for r in sandbox.stats()["requests"] if r["path"] == download_path and r["status"] == 200]
+        return running if len(running) == len(LOADS) and len(downloads) == len(LOADS) else None
+    running = cluster.airflow.wait_for("every load to be downloading", every_load_downloading, timeout=120,
+                                       interval=0.5)
+
+    victim = running["load_to_postgres"]["hostname"]
+    survivor = next(name for name in cluster.workers if name != victim)
+    killed = sorted(task for task, ti in running.items() if ti["hostname"] == victim)
+    cluster.stop(victim, signal.SIGKILL)
+    try:
+        run = cluster.airflow.wait_for_run(SCALE_DAG, run_id, timeout=240)
+    finally:
+        cluster.start_workers(victim)  # the next tests want two workers again
+    assert run["state"] == "success", cluster.failure_report(SCALE_DAG, run_id)
+
+    for task in killed:
+        tries = cluster.tries(SCALE_DAG, run_id, task, 0)
+        assert [(t["try_number"], t["hostname"]) for t in tries] == [(1, victim), (2, survivor)], tries
+        assert tries[0]["state"] != "success" and tries[1]["state"] == "success", tries
+
+    # Exactly once in PostgreSQL: the killed try's open COPY transaction died with its connection.
+    assert postgres_counts(cluster, table) == {job_id: (rows, rows)}
+    with cluster.postgres.connect() as con:
+        idle_in_transaction = con.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state LIKE 'idle in transaction%%'",
+            [cluster.postgres.dbname]).fetchone()[0]
+    assert idle_in_transaction == 0
+    # Exactly one file with every row, and no staging file of the killed try anywhere in the lake.
+    lake = cluster.airflow.output_dir / "lake"
+    files = sorted(str(path.relative_to(lake)) for path in lake.rglob("*") if path.is_file())
+    assert files == [f"{job_id}/Leads-Leads.parquet"], files
+    assert pq.ParquetFile(lake / job_id / "Leads-Leads.parquet").metadata.num_rows == rows
+    # Exactly one object in S3. A process killed mid-upload cannot abort its multipart upload: if the
+    # killed try had started one (the sink opens it with the first decoded batch, so a kill during a small
+    # download finds none yet), it stays, invisible, until the bucket's lifecycle rule
+    # (AbortIncompleteMultipartUpload, see the README) aborts it. Never one of a finished load.
+    key = f"bulk_write/{job_id}/Leads-Leads.parquet"
+    assert s3_objects(cluster, bucket, "bulk_write/") == {key: rows}
+    assert set(unfinished_uploads(cluster, bucket)) <= ({key} if "load_to_s3" in killed else set())
+    assert_one_token(cluster)
+
+
+def test_broker_restart_mid_run(celery_airflow: CeleryAirflow, table: str) -> None:
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    jobs = create_jobs(sandbox, 10, first_seed=300)
+    bucket = cluster.s3.new_bucket("broker-restart")
+    run_id = cluster.airflow.trigger_dag(SCALE_DAG, {"job_ids": list(jobs), "targets": ["postgres", "s3"],
+                                                     "bucket": bucket, "table": table})["dag_run_id"]
+
+    def some_loads_done() -> bool:
+        done = [ti for ti in cluster.task_instances(SCALE_DAG, run_id)
+                if ti["task_id"] in LOADS and ti["state"] == "success"]
+        return len(done) >= 3
+    cluster.airflow.wait_for("the first loads to finish", some_loads_done, timeout=180, interval=0.5)
+    cluster.redis.stop()
+    time.sleep(5)  # down long enough for the scheduler and the workers to notice
+    cluster.redis.start()
+
+    run = cluster.airflow.wait_for_run(SCALE_DAG, run_id, timeout=300)
+    assert run["state"] == "success", cluster.failure_report(SCALE_DAG, run_id)
+    loads = [ti for ti in cluster.task_instances(SCALE_DAG, run_id) if ti["task_id"] in LOADS and ti["map_index"] >= 0]
+    # All done, and none spent a retry on the outage: the fixture's BROKER_OUTAGE_SETTINGS make the
+    # scheduler retry a publish the broker refused instead of failing the task (see the README).
+    assert [(ti["state"], ti["try_number"]) for ti in loads] == [("success", 1)] * 20
+    assert postgres_counts(cluster, table) == {job: (rows, rows) for job, rows in jobs.items()}
+    assert s3_objects(cluster, bucket, "bulk_write/") == {
+        f"bulk_write/{job}/Leads-Leads.parquet": rows for job, rows in jobs.items()}
+    assert unfinished_uploads(cluster, bucket) == []
+    assert_one_token(cluster)
+
+
+def test_triggerer_restarts_while_loads_are_deferred(celery_airflow: CeleryAirflow, table: str) -> None:
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    # Jobs that stay ADDED, then IN PROGRESS, for 300 sandbox seconds each: only the test moves them on.
+    sandbox.configure(job_step_seconds=300)
+    try:
+        jobs = create_jobs(sandbox, 4, first_seed=400)
+    finally:
+        sandbox.configure(job_step_seconds=0)
+    run_id = cluster.airflow.trigger_dag(WAIT_DAG, {"job_ids": list(jobs), "table": table})["dag_run_id"]
+
+    def deferred_under_a_new_triggerer(previous: set[int]) -> Any:
+        def probe() -> set[int] | None:
+            tis = [ti for ti in cluster.task_instances(WAIT_DAG, run_id) if ti["task_id"] == "wait_and_load"]
+            if len(tis) != len(jobs) or any(ti["state"] != "deferred" or not ti.get("triggerer_job") for ti in tis):
+                return None
+            triggerers = {ti["triggerer_job"]["id"] for ti in tis}
+            return triggerers if not triggerers & previous else None
+        return probe
+
+    first = cluster.airflow.wait_for("every wait_and_load task to be deferred", deferred_under_a_new_triggerer(set()),
+                                     timeout=180)
+    seen = set(first)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # a deployment's restart, then a crash
+        cluster.restart_triggerer(sig)
+        seen |= cluster.airflow.wait_for(f"a new triggerer to take the triggers after {sig.name}",
+                                         deferred_under_a_new_triggerer(seen), timeout=120)
+        polls = detail_calls(sandbox, set(jobs))
+        cluster.airflow.wait_for("the new triggerer to poll every job", lambda p=polls: detail_calls(
+            sandbox, set(jobs)) >= p + len(jobs), timeout=60)
+
+    sandbox.advance_clock(600)  # ADDED -> IN PROGRESS -> COMPLETED
+    run = cluster.airflow.wait_for_run(WAIT_DAG, run_id, timeout=180)
+    assert run["state"] == "success", cluster.failure_report(WAIT_DAG, run_id)
+    loads = [ti for ti in cluster.task_instances(WAIT_DAG, run_id) if ti["task_id"] == "wait_and_load"]
+    # Resumed from the deferral, not failed and retried.
+    assert [(ti["state"], ti["try_number"]) for ti in loads] == [("success", 1)] * len(jobs)
+    assert postgres_counts(cluster, table) == {job: (rows, rows) for job, rows in jobs.items()}
+    assert_one_token(cluster)
+
+
+def test_no_secret_in_any_log(celery_airflow: CeleryAirflow) -> None:
+    """Every process's log and every task's, after all of the above."""
+    logs = "".join(path.read_text(errors="replace") for path in Path(celery_airflow.log_dir).rglob("*.log"))
+    assert logs
+    for secret in (celery_airflow.sandbox.client_secret, celery_airflow.sandbox.refresh_token,
+                   celery_airflow.postgres.password):
+        assert secret not in logs
