@@ -254,3 +254,31 @@ def test_uploads_survive_a_restart_with_a_state_file(tmp_path):
         assert [(f["file_id"], f["file_name"], f["records"]) for f in second.uploaded_files()] == \
             [(file_id, "kept.zip", 7)]
         assert len(result(second, create(second, file_id))) == 7
+
+
+def test_stats_count_the_most_bulk_calls_served_at_once(zoho_sandbox_connection):
+    """What the scale-out test reads to check Zoho never saw more calls at once than the pool allows."""
+    import threading
+
+    from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
+
+    zoho_sandbox = zoho_sandbox_connection
+    job_id = zoho_sandbox.create_job_from_csv(b"Last_Name,Email,Company\nDoe,doe@example.com,Acme\n")
+    zoho_sandbox.add_fault("slow_body", count=3, delay=0.3, chunk_size=16)
+    hook = ZohoCrmHook()
+    url = hook.get_bulk_write_job(job_id)["result"]["download_url"]
+    assert zoho_sandbox.stats()["max_bulk_calls_in_flight"] == 1
+
+    def download() -> None:
+        with hook.stream_download(url, job_id=job_id) as chunks:
+            for _chunk in chunks:
+                pass
+
+    threads = [threading.Thread(target=download) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert zoho_sandbox.stats()["max_bulk_calls_in_flight"] == 3
+    zoho_sandbox.reset()
+    assert zoho_sandbox.stats()["max_bulk_calls_in_flight"] == 0

@@ -338,6 +338,8 @@ class ZohoSandbox:
         self._faults: list[_Fault] = []
         self._requests: list[dict[str, Any]] = []
         self._tokens_minted = 0
+        self._bulk_in_flight = 0
+        self._max_bulk_in_flight = 0
         self._throttle: dict[str, tuple[float, int]] = {}  # refresh token -> (window start, mints)
         self._clock_offset = 0.0
         self._datasets = bulk_read.default_datasets()
@@ -508,6 +510,9 @@ class ZohoSandbox:
         with self._lock:
             return {
                 "tokens_minted": self._tokens_minted,
+                # The most Bulk API calls (uploads, creates, details, downloads) served at once since the last
+                # reset: Zoho allows about 10 per org, and a pool in Airflow is what keeps a deployment below it.
+                "max_bulk_calls_in_flight": self._max_bulk_in_flight,
                 "live_tokens": sum(len(v) for v in self._live.values()),
                 "requests": [dict(r) for r in self._requests],
                 "jobs": len(self._jobs),
@@ -873,6 +878,17 @@ class ZohoSandbox:
         with self._lock:
             self._requests.append(entry)
 
+    @contextlib.contextmanager
+    def _bulk_call(self) -> Iterator[None]:
+        with self._lock:
+            self._bulk_in_flight += 1
+            self._max_bulk_in_flight = max(self._max_bulk_in_flight, self._bulk_in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bulk_in_flight -= 1
+
     def _take_fault(self, endpoint: str | None, path: str) -> _Fault | None:
         if endpoint is None:
             return None
@@ -1207,6 +1223,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ZohoSandbox/1.0"
     timeout = 60  # an idle keep-alive connection is closed after this many seconds
+    # Answers are written in pieces (headers, then body): with Nagle's algorithm on, a kept-alive client
+    # (the hook keeps its connection) waits ~40 ms for each small answer's delayed ACK.
+    disable_nagle_algorithm = True
 
     @property
     def sandbox(self) -> ZohoSandbox:
@@ -1261,6 +1280,13 @@ class _Handler(BaseHTTPRequestHandler):
                        "transfer_encoding": self.headers.get("Transfer-Encoding")}
         self.sandbox._record_request(self._entry)
         endpoint = self._endpoint(path)
+        if endpoint is None or endpoint == "token":
+            self._serve(path, endpoint)
+            return
+        with self.sandbox._bulk_call():  # counts the Zoho Bulk API calls in flight, for concurrency limits
+            self._serve(path, endpoint)
+
+    def _serve(self, path: str, endpoint: str | None) -> None:
         fault = self.sandbox._take_fault(endpoint, path)
         if fault is not None and fault.kind == "reset_connection":
             self._reset()

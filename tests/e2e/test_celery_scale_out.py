@@ -138,6 +138,9 @@ def test_mapped_loads_spread_over_both_workers_each_row_once(celery_airflow: Cel
     # The Zoho-calling tasks stayed within the pool, though the workers had room for twice as many.
     assert all(ti["pool"] == POOL for ti in loads)
     assert max_overlap(pool_intervals(cluster, SCALE_DAG, run_id)) <= POOL_SLOTS
+    # And Zoho's side agrees: the sandbox never served more Bulk API calls at once than the pool has slots.
+    in_flight = sandbox.stats()["max_bulk_calls_in_flight"]
+    assert 1 <= in_flight <= POOL_SLOTS, in_flight
 
     # Every row once in PostgreSQL, per job.
     assert postgres_counts(cluster, table) == {job: (rows, rows) for job, rows in jobs.items()}
