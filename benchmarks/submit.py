@@ -29,11 +29,11 @@ the sum over the ``upload_bulk_write_file`` calls; for raw, over the ``requests.
 CPU time the client spends in those calls is reported too, since the machine's load does not move
 it. Peak memory is the case process's ``VmHWM`` (see :func:`benchmarks.cases.peak_rss_bytes`).
 Both sides pay the same sandbox on the other end of the socket, which parses every upload in Python
-(most of an upload's time): the ratio tells how much the client adds, not what Zoho would take. Two
-of the sandbox's habits that Zoho does not share are switched off while the benchmark runs (and put
-back after): Nagle's algorithm on its answers (:func:`respond_without_nagle`) and the garbage
-collector of the process it runs in (:func:`isolated_environment`); ``--sandbox-nagle`` and
-``--sandbox-gc`` keep them, to see what they cost.
+(most of an upload's time): the ratio tells how much the client adds, not what Zoho would take. The
+sandbox answers a job creation at once and computes the result in a background thread, as Zoho
+processes a file after answering; the garbage collector of the process it runs in, a habit Zoho does
+not share, is switched off while the benchmark runs and put back after (:func:`isolated_environment`);
+``--sandbox-gc`` keeps it, to see what it costs.
 """
 
 from __future__ import annotations
@@ -499,16 +499,14 @@ def run_submit_benchmark(
     data_dir: Path = DATA_DIR,
     log: Callable[[str], Any] = print,
     sandbox_gc: bool = False,
-    sandbox_nagle: bool = False,
     max_records: int = MAX_RECORDS,
 ) -> SubmitRun:
     """Start the sandbox, run every case at each size ``repeat`` times (round robin), check each.
 
     ``AIRFLOW_HOME``, the token cache directory (both under ``scratch``) and the Zoho connection are set
     in this process's environment while it runs (the hook and the case processes read them), and put
-    back afterwards, as are the garbage collector and the sandbox's handler class
-    (:func:`isolated_environment`). ``max_records``: records per upload file (Zoho's 25,000; lower
-    makes several files of a small input, for the smoke test).
+    back afterwards, as is the garbage collector (:func:`isolated_environment`). ``max_records``: records
+    per upload file (Zoho's 25,000; lower makes several files of a small input, for the smoke test).
     """
     from airflow_provider_zohobulk.sandbox import ZohoSandbox
 
@@ -516,7 +514,7 @@ def run_submit_benchmark(
     inputs = {size: ensure_leads_parquet(size, data_dir=data_dir) for size in sizes}
     results: list[SubmitResult] = []
     checks: list[dict[str, Any]] = []
-    with isolated_environment(scratch, sandbox_gc=sandbox_gc, sandbox_nagle=sandbox_nagle), ZohoSandbox() as sandbox:
+    with isolated_environment(scratch, sandbox_gc=sandbox_gc), ZohoSandbox() as sandbox:
         os.environ.update(sandbox.airflow_connection_env(ZOHO_CONN_ID))
         for attempt in range(1, repeat + 1):
             for size in sizes:
@@ -532,7 +530,7 @@ def run_submit_benchmark(
 
 
 @contextlib.contextmanager
-def isolated_environment(scratch: Path, *, sandbox_gc: bool, sandbox_nagle: bool) -> Iterator[None]:
+def isolated_environment(scratch: Path, *, sandbox_gc: bool) -> Iterator[None]:
     """The benchmark's process settings, undone on exit (so a test session running it is left as it was).
 
     The garbage collector: the sandbox serves from this process's threads and remembers every inserted
@@ -549,7 +547,6 @@ def isolated_environment(scratch: Path, *, sandbox_gc: bool, sandbox_nagle: bool
     log_level = sandbox_log.level
     sandbox_log.setLevel(logging.WARNING)
     gc_was_enabled = gc.isenabled()
-    nagle_setting = server._Handler.__dict__.get("disable_nagle_algorithm")
     os.environ.update({
         "AIRFLOW_HOME": str(scratch / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -557,8 +554,6 @@ def isolated_environment(scratch: Path, *, sandbox_gc: bool, sandbox_nagle: bool
     })
     if not sandbox_gc:
         gc.disable()
-    if not sandbox_nagle:
-        respond_without_nagle()
     try:
         yield
     finally:
@@ -567,28 +562,6 @@ def isolated_environment(scratch: Path, *, sandbox_gc: bool, sandbox_nagle: bool
         os.environ.update(saved_environ)
         if gc_was_enabled:
             gc.enable()
-        if nagle_setting is None:
-            with contextlib.suppress(AttributeError):
-                del server._Handler.disable_nagle_algorithm
-        else:
-            server._Handler.disable_nagle_algorithm = nagle_setting
-
-
-def respond_without_nagle() -> None:
-    """Make the sandbox send its answers at once (``TCP_NODELAY``), as Zoho's servers do.
-
-    The sandbox's handler leaves Nagle's algorithm on: an answer goes out as two writes (headers,
-    then body), and the second waits for the client to acknowledge the first, which Linux delays by
-    up to 40 ms on a connection past its first exchanges. Measured here: a small GET on a kept-alive
-    connection took 44-48 ms, on a new connection 3-5 ms. The hook keeps its connection alive (as any
-    client should; Zoho answers over TLS from servers that do not hold answers back), plain
-    ``requests.post`` opens a new one per call, so left as it is the sandbox charges ours ~40 ms a
-    request that Zoho would not. ``StreamRequestHandler.disable_nagle_algorithm`` is the standard
-    switch; set here (before the first connection) until the sandbox sets it itself.
-    """
-    from airflow_provider_zohobulk.sandbox import server
-
-    server._Handler.disable_nagle_algorithm = True
 
 
 def run_pair(sandbox: Any, attempt: int, size: int, parquet: Path, scratch: Path, log: Callable[[str], Any],
@@ -783,16 +756,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print the results but leave results_submit.md alone")
     parser.add_argument("--sandbox-gc", action="store_true",
                         help="keep the garbage collector on in the process serving the sandbox (see results_submit.md)")
-    parser.add_argument("--sandbox-nagle", action="store_true",
-                        help="leave the sandbox's answers delayed by Nagle's algorithm (see respond_without_nagle)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     args = parser.parse_args(args_in)
     load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zohobulk-submit-bench-") as scratch:
         measured = run_submit_benchmark(rows=args.rows, baseline_rows=args.baseline_rows, repeat=args.repeat,
-                                        scratch=Path(scratch), sandbox_gc=args.sandbox_gc,
-                                        sandbox_nagle=args.sandbox_nagle)
+                                        scratch=Path(scratch), sandbox_gc=args.sandbox_gc)
     measured.notes.append(f"- Load average (1 min): {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
                           f"the end; the whole benchmark took {time.perf_counter() - started:.0f} s "
                           "(input generation excluded when cached)")

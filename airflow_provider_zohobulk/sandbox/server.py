@@ -19,6 +19,11 @@ Design:
   be a POST, name the loopback in Host and Origin, and carry this run's admin token in a header (which
   also makes a browser ask a CORS preflight first, one the sandbox never approves).
 * Zips given by path are served only from the ``files_dir`` folder named at start (none by default).
+* A Bulk Write create is answered at once, as Zoho does; the job's result (per-row statuses, counts,
+  the zip) is computed by one background thread, jobs in creation order (a job sees the records an
+  earlier job created), and whatever needs it (details, download, state file, :meth:`ZohoSandbox.stop`)
+  waits for it. Computing it inside the create (0.5 s of Python per 25,000 rows) made the sandbox, not
+  the client, the bottleneck of a submission.
 * Bulk Read (generated records, criteria, pages, page tokens, streamed page zips) lives in
   :mod:`~airflow_provider_zohobulk.sandbox.bulk_read`; this module routes its endpoints and keeps its state.
 * Standard library only, no Airflow import: tests, benchmarks, the demo and users' CI all start it.
@@ -27,6 +32,7 @@ Design:
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -219,11 +225,24 @@ class _Upload:
     columns: int
     size: int
     created_at: float  # sandbox clock
+    header: list[str] | None = None  # kept so a create checks its field mappings without reading the zip again
 
     def describe(self) -> dict[str, Any]:
         return {"file_id": self.file_id, "file_name": self.file_name, "csv_name": self.csv_name,
                 "records": self.records, "columns": self.columns, "size": self.size,
                 "created_time": _iso(self.created_at)}
+
+
+@dataclass
+class _ResultTask:
+    """A created job whose result the background thread still has to compute (see ``_compute_results``)."""
+
+    job: _Job
+    plans: list[tuple[_Resource, str, list[int], list[str]]]  # resource, upload path, mapped indexes, API names
+    records: dict[tuple[str, str, str], str]  # the records dict of the sandbox's state the job was created in
+    seeded_failure_share: float
+    layout: results.ResultLayout
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -316,6 +335,12 @@ class ZohoSandbox:
         self._upload_dir = tempfile.mkdtemp(prefix="zoho-sandbox-uploads-")
         self._upload_dir_cleanup = weakref.finalize(self, shutil.rmtree, self._upload_dir, True)
         self._uploads: dict[str, _Upload] = {}
+        # Bulk Write results still being computed (job id -> task) and the queue of the one thread computing
+        # them; the thread runs only while the queue holds work, so an idle sandbox holds no thread.
+        self._pending_results: dict[str, _ResultTask] = {}
+        self._result_queue: collections.deque[_ResultTask] = collections.deque()
+        self._result_worker: threading.Thread | None = None
+        self._queue_lock = threading.Lock()  # guards the queue and the worker; never held while waiting
         self._reset_volatile()
         self.add_client(client_id, client_secret, refresh_token)
         if options:
@@ -334,7 +359,9 @@ class ZohoSandbox:
         self._uploads = {}
         self._write_jobs_created = 0
         self._jobs: dict[str, _Job] = {}
+        # A new dict, not cleared: results still being computed for forgotten jobs write into the old one.
         self._records: dict[tuple[str, str, str], str] = {}
+        self._pending_results = {}
         self._faults: list[_Fault] = []
         self._requests: list[dict[str, Any]] = []
         self._tokens_minted = 0
@@ -379,13 +406,14 @@ class ZohoSandbox:
         return self
 
     def stop(self) -> None:
+        """Stop serving; jobs created before it have their results computed when it returns."""
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+        self.wait_for_results()
 
     def serve_forever(self) -> None:
         """Block until :meth:`stop` is called from another thread or a signal handler."""
@@ -533,6 +561,25 @@ class ZohoSandbox:
             self._reset_volatile()
             self._save_state()
 
+    def wait_for_results(self, job_ids: list[str] | None = None) -> None:
+        """Block until the Bulk Write results of ``job_ids`` (default: every job created so far) are computed.
+
+        Job details, downloads, the state file and :meth:`stop` wait by themselves; this is for callers
+        that time job creation and want the sandbox's background work finished before the next case.
+        Safe with the sandbox's lock held (``_save_state`` does so): the computing thread never takes it.
+        """
+        with self._lock:
+            pending = list(self._pending_results.values()) if job_ids is None else [
+                task for job_id in job_ids if (task := self._pending_results.get(job_id)) is not None]
+        for task in pending:
+            task.done.wait()
+
+    def _wait_for_result(self, job_id: str) -> None:
+        """Wait for one job's result if it is still being computed (call without holding the lock)."""
+        task = self._pending_results.get(job_id)
+        if task is not None:
+            task.done.wait()
+
     def uploaded_files(self) -> list[dict[str, Any]]:
         """Every accepted upload since the last reset, oldest first: file id, the name the client sent,
         the CSV inside, its records and columns, its size. Lets a test see *which* files a task uploaded
@@ -566,47 +613,109 @@ class ZohoSandbox:
             with open(path, "wb") as f:
                 f.write(zip_bytes)
             self._uploads[file_id] = _Upload(file_id, path, file_name, upload.name, len(upload.rows),
-                                             len(upload.header), len(zip_bytes), self.now())
+                                             len(upload.header), len(zip_bytes), self.now(), list(upload.header))
             self._save_state()
             return file_id
 
     def create_job(self, request: dict[str, Any]) -> str:
         """Create a Bulk Write job from the JSON body Zoho takes; :class:`ZohoConfigurationError` if invalid.
 
-        The result is computed now (Zoho's counts must match the file whatever the clock says later);
-        the job merely *reports* progress as sandbox time passes.
+        The body, the file ids and the field mappings are checked now (a bad one raises, a 400 over HTTP);
+        the result (per-row statuses, counts, the zip) is computed right after by the background thread, in
+        creation order, and whatever shows it waits for it. The job merely *reports* progress as sandbox
+        time passes; its counts always match the file.
         """
-        operation, resources_in = _validate_job_request(request, self._uploads)
-        with self._lock:
-            job_id = self._new_id()
-            members: list[tuple[str, bytes]] = []
+        with self._lock:  # one hold: a reset in between would take the uploads away; all of this is cheap
+            operation, resources_in = _validate_job_request(request, self._uploads)
+            plans: list[tuple[_Resource, str, list[int], list[str]]] = []
             resources: list[_Resource] = []
             for resource in resources_in:
+                stored = self._uploads[str(resource["file_id"])]
                 module_field = resource["module"]
                 module = module_field if isinstance(module_field, str) else module_field["api_name"]
-                upload = results.read_uploaded_zip(self._uploads[str(resource["file_id"])].path)
-                indexes, api_names = results.resolve_mappings(upload, resource.get("field_mappings"))
-                plan = results.ResultPlan(module, operation, upload, indexes, api_names, resource.get("find_by"))
-                built = results.build_result(
-                    plan, job_id, new_record_id=self._new_id, find_record=self._find_record,
-                    remember_record=self._remember_record, seeded_failure_share=self.options.seeded_failure_share,
-                    layout=results.ResultLayout(self.options.result_bom, self.options.result_zoho_columns_first,
-                                                self.options.result_status_case))
-                members.append((built.member_name, built.csv_bytes))
+                if stored.header is None:  # an upload restored from an older state file: read its header once
+                    parsed = results.read_uploaded_zip(stored.path)
+                    stored.csv_name, stored.header = parsed.name, parsed.header
+                shape = results.UploadedCsv(stored.csv_name, stored.header, [])
+                indexes, api_names = results.resolve_mappings(shape, resource.get("field_mappings"))
                 mappings = [{"api_name": name, "index": index, "format": None, "find_by": None, "module": None,
                              "default_value": None} for index, name in zip(indexes, api_names, strict=True)]
-                resources.append(_Resource(module, isinstance(module_field, str), upload.name, mappings,
-                                           resource.get("find_by"), built.counts, str(resource["file_id"])))
+                entry = _Resource(module, isinstance(module_field, str), stored.csv_name, mappings,
+                                  resource.get("find_by"), None, str(resource["file_id"]))
+                resources.append(entry)
+                plans.append((entry, stored.path, indexes, api_names))
             callback = request.get("callback") if isinstance(request.get("callback"), dict) else None
-            self._jobs[job_id] = _Job(
-                job_id, operation, self.now(), self.options.job_step_seconds, resources,
-                result_bytes=results.zip_members(members),
-                character_encoding=str(request.get("character_encoding") or "UTF-8"),
-                ignore_empty=bool(request.get("ignore_empty", False)), callback=callback,
-                created_by=self._creator())
+            job_id = self._new_id()
+            job = _Job(job_id, operation, self.now(), self.options.job_step_seconds, resources,
+                       character_encoding=str(request.get("character_encoding") or "UTF-8"),
+                       ignore_empty=bool(request.get("ignore_empty", False)), callback=callback,
+                       created_by=self._creator())
+            task = _ResultTask(job, plans, self._records, self.options.seeded_failure_share,
+                               results.ResultLayout(self.options.result_bom, self.options.result_zoho_columns_first,
+                                                    self.options.result_status_case))
+            self._jobs[job_id] = job
+            self._pending_results[job_id] = task
             self._write_jobs_created += 1
-            self._save_state()
+            self._enqueue_result(task)
+            self._save_state()  # with a state file, waits for the result: the file must hold it
             return job_id
+
+    def _enqueue_result(self, task: _ResultTask) -> None:
+        with self._queue_lock:
+            self._result_queue.append(task)
+            if self._result_worker is None:
+                self._result_worker = threading.Thread(target=self._compute_results, name="zoho-sandbox-results",
+                                                       daemon=True)
+                self._result_worker.start()
+
+    def _compute_results(self) -> None:
+        """The background thread: compute queued results in creation order, exit when the queue is empty.
+
+        It never takes the sandbox's lock (waiters may hold it), and writes only into the task's job and
+        records dict: a reset meanwhile gives the sandbox new ones, so a forgotten job cannot leak records
+        into the state that follows.
+        """
+        while True:
+            with self._queue_lock:
+                if not self._result_queue:
+                    self._result_worker = None
+                    return
+                task = self._result_queue.popleft()
+            try:
+                if task.records is self._records:  # else the job was forgotten by a reset: nothing to compute
+                    self._compute_result(task)
+            except Exception:  # the upload was checked when it arrived; a failure here is the sandbox's bug
+                task.job.fixed_status = "FAILED"
+                if task.records is self._records:  # a job forgotten by a reset meanwhile lost its upload: no news
+                    log.exception("sandbox: computing the result of Bulk Write job %s failed; the job is FAILED",
+                                  task.job.job_id)
+            finally:
+                self._pending_results.pop(task.job.job_id, None)
+                task.done.set()
+
+    def _compute_result(self, task: _ResultTask) -> None:
+        job = task.job
+        records = task.records
+
+        def find_record(module: str, api_name: str, value: str) -> str | None:
+            return records.get((module, api_name, value.lower()))
+
+        def remember_record(module: str, api_name: str, value: str, record_id: str) -> None:
+            records.setdefault((module, api_name, value.lower()), record_id)
+
+        members: list[tuple[str, bytes]] = []
+        counts: list[dict[str, int]] = []
+        for resource, path, indexes, api_names in task.plans:
+            upload = results.read_uploaded_zip(path)
+            plan = results.ResultPlan(resource.module, job.operation, upload, indexes, api_names, resource.find_by)
+            built = results.build_result(plan, job.job_id, new_record_id=self._new_id, find_record=find_record,
+                                         remember_record=remember_record,
+                                         seeded_failure_share=task.seeded_failure_share, layout=task.layout)
+            members.append((built.member_name, built.csv_bytes))
+            counts.append(built.counts)
+        job.result_bytes = results.zip_members(members)
+        for resource, resource_counts in zip(job.resources, counts, strict=True):
+            resource.counts = resource_counts
 
     def create_job_from_csv(
         self,
@@ -663,6 +772,7 @@ class ZohoSandbox:
 
     def job_details(self, job_id: str) -> dict[str, Any] | None:
         """Exactly what ``GET /crm/bulk/v8/write/<job_id>`` answers, or None for an unknown job."""
+        self._wait_for_result(job_id)
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -951,6 +1061,7 @@ class ZohoSandbox:
 
     def _result_source(self, job_id: str) -> _ResultSource | None:
         """The job's result file if its link is valid now, else None (Zoho's "Link not valid")."""
+        self._wait_for_result(job_id)
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status_at(self.now()) != "COMPLETED":
@@ -966,6 +1077,7 @@ class ZohoSandbox:
         if self._state_file is None:
             return
         with self._lock:
+            self.wait_for_results()  # the worker never takes the lock, so waiting while holding it is safe
             state = {
                 "options": asdict(self.options),
                 "clock_offset": self._clock_offset,
@@ -1357,6 +1469,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._bytes(status, json.dumps(body).encode(), "application/json;charset=UTF-8", headers)
 
     def _bytes(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        # Recorded before the answer goes out: a client reading stats() right after its answer must see it.
+        self._log(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -1365,7 +1479,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
-        self._log(status)
 
     def _reset(self) -> None:
         """Close with an RST and no answer, as a dropped connection looks to the client."""
