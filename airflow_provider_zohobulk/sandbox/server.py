@@ -571,6 +571,8 @@ class ZohoSandbox:
         with self._lock:
             pending = list(self._pending_results.values()) if job_ids is None else [
                 task for job_id in job_ids if (task := self._pending_results.get(job_id)) is not None]
+        if pending:
+            self._start_results()
         for task in pending:
             task.done.wait()
 
@@ -578,6 +580,7 @@ class ZohoSandbox:
         """Wait for one job's result if it is still being computed (call without holding the lock)."""
         task = self._pending_results.get(job_id)
         if task is not None:
+            self._start_results()
             task.done.wait()
 
     def uploaded_files(self) -> list[dict[str, Any]]:
@@ -621,8 +624,8 @@ class ZohoSandbox:
         """Create a Bulk Write job from the JSON body Zoho takes; :class:`ZohoConfigurationError` if invalid.
 
         The body, the file ids and the field mappings are checked now (a bad one raises, a 400 over HTTP);
-        the result (per-row statuses, counts, the zip) is computed right after by the background thread, in
-        creation order, and whatever shows it waits for it. The job merely *reports* progress as sandbox
+        the result (per-row statuses, counts, the zip) is computed by the background thread when first
+        needed, in creation order, and whatever shows it waits for it. The job merely *reports* progress as sandbox
         time passes; its counts always match the file.
         """
         with self._lock:  # one hold: a reset in between would take the uploads away; all of this is cheap
@@ -661,9 +664,21 @@ class ZohoSandbox:
             return job_id
 
     def _enqueue_result(self, task: _ResultTask) -> None:
+        """Queue a job's result; it is computed when something first needs one (see :meth:`_start_results`)."""
         with self._queue_lock:
             self._result_queue.append(task)
-            if self._result_worker is None:
+
+    def _start_results(self) -> None:
+        """Compute every queued result, in creation order, on the background thread.
+
+        Results are built when first needed (job details, a download, the state file, stop), not as the
+        jobs are created: Zoho processes a job on its own machines, and the sandbox building 25,000 rows
+        in Python while the client's next upload arrives would charge Zoho's work to the client (the
+        submission benchmark measured it). A later job still waits for the earlier ones, so an upsert
+        finds the records an earlier insert created, as before.
+        """
+        with self._queue_lock:
+            if self._result_queue and self._result_worker is None:
                 self._result_worker = threading.Thread(target=self._compute_results, name="zoho-sandbox-results",
                                                        daemon=True)
                 self._result_worker.start()
