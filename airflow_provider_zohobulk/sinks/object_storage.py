@@ -98,8 +98,9 @@ _AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 
 
 @dataclass(frozen=True)
-class Destination:
-    """What a (rendered) URI means: where, in which format, compressed how."""
+class StorageLocation:
+    """What a (rendered) URI means: where, in which format, compressed how. Sinks write to one
+    (:class:`Destination`), sources read from one."""
 
     uri: str
     scheme: str  # "" for a local path
@@ -109,6 +110,11 @@ class Destination:
     @property
     def is_local(self) -> bool:
         return self.scheme in ("", "file")
+
+
+@dataclass(frozen=True)
+class Destination(StorageLocation):
+    """A sink's location, which may name one object per CSV member with ``{file}``."""
 
     @property
     def per_file(self) -> bool:

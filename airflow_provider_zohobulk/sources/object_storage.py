@@ -46,7 +46,6 @@ import io
 import lzma
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -59,6 +58,7 @@ from airflow_provider_zohobulk.sinks.base import describe_exception
 from airflow_provider_zohobulk.sinks.object_storage import (
     COMPRESSION_EXTENSIONS,
     REMOTE_SCHEMES,
+    StorageLocation,
     _client_from_connection,
     _scheme_of,
     local_path,
@@ -97,20 +97,6 @@ MAX_ROW_BYTES = 64 << 20
 JSONL_BLOCK_BYTES = 32 << 20
 
 
-@dataclass(frozen=True)
-class InputLocation:
-    """What a (rendered) input URI means: where, in which format, compressed how."""
-
-    uri: str
-    scheme: str  # "" for a local path
-    format: str
-    compression: str | None  # one of COMPRESSION_EXTENSIONS
-
-    @property
-    def is_local(self) -> bool:
-        return self.scheme in ("", "file")
-
-
 def check_format(format_name: str) -> str:
     """The format's canonical name (``ndjson`` is ``jsonl``), or a SourceConfigurationError."""
     normalised = format_name.lower() if isinstance(format_name, str) else ""
@@ -120,7 +106,7 @@ def check_format(format_name: str) -> str:
     return normalised
 
 
-def parse_input(uri: str, format_name: str | None) -> InputLocation:
+def parse_input(uri: str, format_name: str | None) -> StorageLocation:
     """Check a URI (and the explicit format, if any) and say what it means; no I/O."""
     check_text(uri, "ObjectStorageSource's uri")
     scheme = _scheme_of(uri)
@@ -149,7 +135,7 @@ def parse_input(uri: str, format_name: str | None) -> InputLocation:
     if chosen == PARQUET and compression:
         raise SourceConfigurationError(
             f"URI {redact_uri(uri)!r} names a {compression} compressed Parquet file; Parquet compresses itself")
-    return InputLocation(uri=uri, scheme=scheme, format=chosen, compression=compression)
+    return StorageLocation(uri=uri, scheme=scheme, format=chosen, compression=compression)
 
 
 def redact_uri(uri: str) -> str:
@@ -248,7 +234,7 @@ class ObjectStorageSource(RowSource):
         except SinkError as exc:
             raise SourceConfigurationError(exc.message) from None
 
-    def _transport_params(self, location: InputLocation) -> dict[str, Any]:
+    def _transport_params(self, location: StorageLocation) -> dict[str, Any]:
         params = dict(self.transport_params)
         if self.conn_id is None:
             return params
@@ -264,7 +250,7 @@ class ObjectStorageSource(RowSource):
             raise SourceConfigurationError(exc.message) from None
         return params
 
-    def _open(self, location: InputLocation, params: dict[str, Any], where: str) -> BinaryIO:
+    def _open(self, location: StorageLocation, params: dict[str, Any], where: str) -> BinaryIO:
         """The raw bytes of the input; a SourceError naming it when it is missing or unreadable."""
         try:
             if location.is_local:
@@ -281,7 +267,7 @@ class ObjectStorageSource(RowSource):
 
     # --- formats --------------------------------------------------------------------------------------
 
-    def _parquet_batches(self, location: InputLocation, params: dict[str, Any], where: str
+    def _parquet_batches(self, location: StorageLocation, params: dict[str, Any], where: str
                          ) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
