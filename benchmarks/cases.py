@@ -37,7 +37,13 @@ Bulk Read exports (issue #12): a module's records in several page zips, one job 
 * ``naive_bulk_read_pandas``: per page ``requests.get(...).content``, ``zipfile``,
   ``pandas.read_csv(dtype=str)``, ``to_parquet``.
 * ``bulk_read_copy``: every page's CSV bytes from stream-unzip straight into one PostgreSQL ``COPY``
-  into a table of text columns: the server's own speed, the reference of ``ours_bulk_read_postgres``.
+  into a table of text columns: the server's own speed on the raw CSV, for reference (it checks and
+  adds nothing, and its table has none of the export's own columns).
+* ``bulk_read_export_copy``: the export's rows exactly as SqlSink stores them (module columns, ``_job_id``,
+  ``_page``, ``_row_number``; ``_loaded_at`` from the table's default), encoded as SqlSink's COPY bytes
+  before the clock starts, one file per page, and copied into SqlSink's own export table in SqlSink's
+  own replace transaction: the ceiling for any loader of the export layout into PostgreSQL, as
+  ``canonical_copy`` is for the Bulk Write result (the peer of ``ours_bulk_read_postgres``).
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ BULK_READ_TABLE = "bulk_read_leads"
 BULK_READ_COPY_TABLE = "bulk_read_copy_leads"
 OURS_BULK_READ_DIR = "ours_bulk_read"
 NAIVE_BULK_READ_DIR = "naive_bulk_read"
+#: bulk_read_export_copy's pre-encoded COPY payload, one file per page.
+EXPORT_PAYLOAD_DIR = "bulk_read_export_copy"
 
 
 @dataclass
@@ -102,6 +110,9 @@ class CaseConfig:
     page_urls: list[str] = field(default_factory=list)
     page_job_ids: list[str] = field(default_factory=list)
     fields: list[str] = field(default_factory=list)
+    #: Bulk Read: each page's zip on disk, in page order; only bulk_read_export_copy reads them, to encode
+    #: its COPY payload before the clock starts.
+    page_zip_paths: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> CaseConfig:
@@ -592,6 +603,98 @@ def bulk_read_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
     return run
 
 
+def write_export_copy_payloads(page_zip_paths: list[str], page_job_ids: list[str], target_dir: str,
+                               table: str) -> tuple[int, list[str]]:
+    """Write, one file per page, the bytes SqlSink's PostgreSQL export load sends to ``COPY`` for these
+    pages; returns the row count and the COPY's columns (module columns, then the meta columns).
+
+    Each page's batches come from ``read_export_page`` (the page's own job id and number, as the
+    operator reads them), are checked with ``check_export_batch`` and encoded with
+    ``encode_csv(include_header=False, flat=True)``, as ``_PostgresExportLoad.write`` does (it slices a
+    batch into ``batch_rows`` pieces first: CSV rows are encoded one by one, so the bytes are the same).
+    Runs in a child process of the case (see :func:`bulk_read_export_copy`), so that the case's own
+    peak memory is its COPY's alone.
+    """
+    from airflow_provider_zohobulk.bulk_read import EXPORT_META_COLUMNS, read_export_page
+    from airflow_provider_zohobulk.sinks.base import check_export_batch
+    from airflow_provider_zohobulk.sinks.formats import encode_csv
+    from benchmarks.stages import file_chunks
+
+    rows = 0
+    columns: list[str] | None = None
+    for page, (zip_path, job_id) in enumerate(zip(page_zip_paths, page_job_ids, strict=True), 1):
+        with open(Path(target_dir) / f"page-{page:05d}.csv", "wb") as payload:
+            for file_name, batch in read_export_page(file_chunks(Path(zip_path)), job_id=job_id, page=page):
+                module_columns = check_export_batch(batch, sink=f"SqlSink for table {table!r}", job_id=job_id,
+                                                    file_name=file_name)
+                page_columns = [*module_columns, *EXPORT_META_COLUMNS]
+                if columns is None:
+                    columns = page_columns
+                elif page_columns != columns:  # ours would start a second COPY; this peer models one
+                    raise RuntimeError(f"page {page} has the columns {page_columns}, page 1 {columns}")
+                payload.write(encode_csv(batch, include_header=False, flat=True))
+                rows += batch.num_rows
+    if columns is None:
+        raise RuntimeError("no page to encode")
+    return rows, columns
+
+
+def bulk_read_export_copy(config: CaseConfig) -> Callable[[], CaseOutput]:
+    """SqlSink's PostgreSQL export load (replace) with the rows already encoded: the ceiling for the
+    export layout, as :func:`canonical_copy` is for the canonical one.
+
+    Set-up (not timed) encodes each page's payload in a child process
+    (:func:`write_export_copy_payloads`) and looks the Airflow connection up. The timed part is SqlSink's
+    own export session: ``open_export`` connects, takes the table's lock and empties the table when it
+    exists (``DELETE``); the load's ``_copy_into`` (what its first ``write`` calls) creates the table with
+    SqlSink's DDL, in the transaction, and starts the same ``COPY ... FROM STDIN (FORMAT csv)`` of the
+    same columns; every page's bytes are written into that one COPY and ``commit`` ends it in the one
+    transaction. SqlSink has no public way to send bytes that are already encoded, so the case uses its
+    open load's ``_copy_into`` and ``copy``; it fails loudly if they change.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from airflow_provider_zohobulk.sinks.base import ExportLoad
+    from airflow_provider_zohobulk.sinks.sql import SqlSink
+
+    payload_dir = Path(config.work_dir) / EXPORT_PAYLOAD_DIR
+    payload_dir.mkdir(exist_ok=True)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as encoder:
+        rows, columns = encoder.submit(write_export_copy_payloads, config.page_zip_paths, config.page_job_ids,
+                                       str(payload_dir), BULK_READ_TABLE).result()
+    payloads = sorted(payload_dir.glob("page-*.csv"))
+    sink = SqlSink(PG_CONN_ID, BULK_READ_TABLE)
+    _ = sink.asset_uri  # imports Airflow's connection lookup and resolves the connection now, in set-up
+    load = ExportLoad(BULK_READ_MODULE, config.page_job_ids[0], "replace")
+
+    def run() -> CaseOutput:
+        sink.open_export(load)
+        try:
+            export = getattr(sink, "_load", None)
+            start_copy = getattr(export, "_copy_into", None)
+            if start_copy is None:
+                raise RuntimeError("SqlSink's PostgreSQL export load no longer has `_copy_into`: "
+                                   "update benchmarks.cases.bulk_read_export_copy")
+            start_copy(tuple(columns))
+            copy = getattr(export, "copy", None)
+            if copy is None:
+                raise RuntimeError("SqlSink's PostgreSQL export load no longer exposes its COPY as `copy`: "
+                                   "update benchmarks.cases.bulk_read_export_copy")
+            for path in payloads:
+                with open(path, "rb") as source:
+                    while block := source.read(1 << 20):
+                        copy.write(block)
+        except BaseException:
+            sink.abort()
+            raise
+        destination = sink.commit()
+        # The rows encoded; the parent counts the rows, statuses and pages in the table.
+        return CaseOutput(rows=rows, by_status={}, destination=destination)
+
+    return run
+
+
 CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "ceiling": ceiling,
     "ours_parquet": ours_parquet,
@@ -606,6 +709,7 @@ CASES: dict[str, Callable[[CaseConfig], Callable[[], CaseOutput]]] = {
     "ours_bulk_read_postgres": ours_bulk_read_postgres,
     "naive_bulk_read_pandas": naive_bulk_read_pandas,
     "bulk_read_copy": bulk_read_copy,
+    "bulk_read_export_copy": bulk_read_export_copy,
 }
 
 
