@@ -301,7 +301,7 @@ class ZohoBulkWriteOperator(BaseOperator):
     a SQL query) and are streamed into zipped CSV files within Zoho's limits (25,000 records, 200
     columns, 25 MB zipped per file), all written and checked on local disk before the first upload, so
     bad input is refused before anything reaches Zoho. Each file is uploaded and gets its own job.
-    With ``wait_for_completion`` the task waits for every job (deferring by default) and, with
+    With ``wait_for_completion`` the task waits for every job (in the triggerer with ``deferrable=True``) and, with
     ``result_sink``, loads each job's result with the same pipeline as
     :class:`ZohoBulkWriteResultOperator`, ``row_number`` being the row of the input the outcome is for.
 
