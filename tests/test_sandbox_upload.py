@@ -282,3 +282,17 @@ def test_stats_count_the_most_bulk_calls_served_at_once(zoho_sandbox_connection)
     assert zoho_sandbox.stats()["max_bulk_calls_in_flight"] == 3
     zoho_sandbox.reset()
     assert zoho_sandbox.stats()["max_bulk_calls_in_flight"] == 0
+
+
+def test_results_built_on_demand_still_follow_creation_order(sandbox):
+    """Results are built when first looked at; a later job looked at first must still see the records the
+    earlier job created (an upsert updates them), as if each had been processed when it was created."""
+    header = ["Last_Name", "Email", "Company"]
+    first = upload(sandbox, zip_of(rows_csv(header, [[f"N{i}", f"e{i}@x.com", "Acme"] for i in range(5)])))
+    second = upload(sandbox, zip_of(rows_csv(header, [[f"M{i}", f"e{i}@x.com", "Acme"] for i in range(3, 8)])))
+    insert_job = create(sandbox, first.json()["details"]["file_id"])
+    upsert_job = create(sandbox, second.json()["details"]["file_id"], operation="upsert", find_by="Email")
+    later = result(sandbox, upsert_job)  # the upsert's result asked for before the insert's
+    assert [row["STATUS"] for row in later] == ["UPDATED", "UPDATED", "ADDED", "ADDED", "ADDED"]
+    earlier = {row["Email"]: row["RECORD_ID"] for row in result(sandbox, insert_job)}
+    assert [row["RECORD_ID"] for row in later[:2]] == [earlier["e3@x.com"], earlier["e4@x.com"]]
