@@ -59,7 +59,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["CASES", "CaseConfig", "CaseResult", "main", "run_case"]
 
@@ -94,8 +94,21 @@ NAIVE_BULK_READ_DIR = "naive_bulk_read"
 EXPORT_PAYLOAD_DIR = "bulk_read_export_copy"
 
 
+class JsonConfig:
+    """A dataclass a parent hands to a case's process as a JSON file, readable by this user only: it may
+    hold a token, so it is never logged."""
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(asdict(self)))
+
+
 @dataclass
-class CaseConfig:
+class CaseConfig(JsonConfig):
     """Everything a case process needs, written as JSON by the parent (never logged: holds a token)."""
 
     case: str
@@ -113,14 +126,6 @@ class CaseConfig:
     #: Bulk Read: each page's zip on disk, in page order; only bulk_read_export_copy reads them, to encode
     #: its COPY payload before the clock starts.
     page_zip_paths: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path) -> CaseConfig:
-        return cls(**json.loads(path.read_text()))
-
-    def save(self, path: Path) -> None:
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(asdict(self)))
 
 
 @dataclass

@@ -57,8 +57,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cases import arrow_pool_peak, current_rss_bytes, peak_rss_bytes
+from benchmarks.cases import JsonConfig, arrow_pool_peak, current_rss_bytes, peak_rss_bytes
 from benchmarks.generate import DATA_DIR
+from benchmarks.run import TargetCheck
 
 __all__ = [
     "CASES",
@@ -190,7 +191,7 @@ def ensure_leads_parquet(rows: int, *, seed: int = 0, data_dir: Path = DATA_DIR)
 
 
 @dataclass
-class SubmitConfig:
+class SubmitConfig(JsonConfig):
     """What a case process needs, written as JSON by the parent (0600: it may hold a token; never logged)."""
 
     case: str
@@ -203,14 +204,6 @@ class SubmitConfig:
     #: raw_upload_requests: the zips to upload, in order.
     zip_paths: list[str] = field(default_factory=list)
     max_records: int = 25_000
-
-    @classmethod
-    def load(cls, path: Path) -> SubmitConfig:
-        return cls(**json.loads(path.read_text()))
-
-    def save(self, path: Path) -> None:
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -613,20 +606,6 @@ def log_result(result: SubmitResult, log: Callable[[str], Any]) -> None:
 
 
 # --- reporting ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TargetCheck:
-    label: str
-    value: str
-    target: str = ""
-    met: bool | None = None
-
-    @property
-    def verdict(self) -> str:
-        if not self.target:
-            return ""
-        return "not measured" if self.met is None else "yes" if self.met else "NO"
 
 
 def target_checks(measured: SubmitRun) -> list[TargetCheck]:
