@@ -125,6 +125,17 @@ class Destination(StorageLocation):
         return self.uri.replace(FILE_PLACEHOLDER, stem)
 
 
+def uri_suffixes(uri: str) -> tuple[str, str | None]:
+    """The format extension and the compression extension of a URI's last segment, lower case with the
+    dot: ``s3://b/Leads.CSV.gz`` -> ``(".csv", ".gz")``; ``""`` and None where there is none. Sinks and
+    sources read a location's format the same way."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
+    compression = next((ext for ext in COMPRESSION_EXTENSIONS if name.endswith(ext)), None)
+    if compression:
+        name = name[: -len(compression)]
+    return ("." + name.rsplit(".", 1)[-1] if "." in name else ""), compression
+
+
 def member_stem(member_name: str) -> str:
     """``Leads-Leads.csv`` -> ``Leads-Leads``; directories inside the zip are dropped, so a member
     name can never climb out of the destination (``../x.csv`` -> ``x``). Characters that a URI would
@@ -167,11 +178,7 @@ def parse_destination(uri: str, format_name: str | None) -> Destination:
         raise SinkConfigurationError(
             f"URI {uri!r} has the unsupported scheme {scheme!r}; use s3://, gs://, azure://, file:// or a local path"
         )
-    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
-    compression = next((ext for ext in COMPRESSION_EXTENSIONS if name.endswith(ext)), None)
-    if compression:
-        name = name[: -len(compression)]
-    extension = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    extension, compression = uri_suffixes(uri)
     from_extension = FORMAT_BY_EXTENSION.get(extension)
     if format_name is not None:
         chosen = check_format(format_name)

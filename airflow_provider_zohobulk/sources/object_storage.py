@@ -55,6 +55,7 @@ import pyarrow.json as pajson
 
 from airflow_provider_zohobulk.errors import CsvFormatError, SinkError, SourceConfigurationError, SourceError
 from airflow_provider_zohobulk.sinks.base import describe_exception
+from airflow_provider_zohobulk.sinks.formats import CSV, FORMAT_BY_EXTENSION, FORMATS, JSONL, PARQUET
 from airflow_provider_zohobulk.sinks.object_storage import (
     COMPRESSION_EXTENSIONS,
     REMOTE_SCHEMES,
@@ -62,6 +63,7 @@ from airflow_provider_zohobulk.sinks.object_storage import (
     _client_from_connection,
     _scheme_of,
     local_path,
+    uri_suffixes,
 )
 from airflow_provider_zohobulk.sources.base import (
     DEFAULT_BATCH_ROWS,
@@ -81,10 +83,6 @@ from airflow_provider_zohobulk.stream.decode import (
     unique_column_names,
 )
 
-CSV, PARQUET, JSONL = "csv", "parquet", "jsonl"
-FORMATS: tuple[str, ...] = (CSV, PARQUET, JSONL)
-#: File extension (lower case, with the dot) -> format.
-FORMAT_BY_EXTENSION: dict[str, str] = {".csv": CSV, ".parquet": PARQUET, ".jsonl": JSONL, ".ndjson": JSONL}
 _FORMAT_ALIASES = {"ndjson": JSONL, "jsonlines": JSONL, "json_lines": JSONL}
 #: Bytes read from the (decompressed) stream at a time.
 CHUNK_BYTES = 1 << 20
@@ -114,11 +112,7 @@ def parse_input(uri: str, format_name: str | None) -> StorageLocation:
         raise SourceConfigurationError(
             f"URI {redact_uri(uri)!r} has the unsupported scheme {scheme!r}; use s3://, gs://, azure://, file:// "
             "or a local path")
-    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
-    compression = next((ext for ext in COMPRESSION_EXTENSIONS if name.endswith(ext)), None)
-    if compression:
-        name = name[: -len(compression)]
-    extension = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    extension, compression = uri_suffixes(uri)
     from_extension = FORMAT_BY_EXTENSION.get(extension)
     if format_name is not None:
         chosen = check_format(format_name)
