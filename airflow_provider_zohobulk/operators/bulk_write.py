@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow_provider_zohobulk import bulk_job
 from airflow_provider_zohobulk.bulk_result import ResultStats, read_bulk_write_result, use_lean_memory_pool
 from airflow_provider_zohobulk.bulk_write_submit import (
+    SubmissionPlan,
     SubmitLimits,
     UploadFile,
     input_row_numbers,
@@ -396,7 +397,7 @@ class ZohoBulkWriteOperator(BaseOperator):
     def _submit(self, ledger: SubmissionLedger) -> list[dict[str, Any]]:
         """Build every upload file, then upload and create a job for each file the ledger does not hold."""
         with tempfile.TemporaryDirectory(prefix="zohobulk-submit-") as work_dir:
-            files = self._write_files(work_dir)
+            plan, files = self._write_files(work_dir)
             done = {entry["index"]: entry for entry in ledger.entries()}
             if len(files) < len(done):
                 raise SubmissionChangedError(
@@ -419,8 +420,8 @@ class ZohoBulkWriteOperator(BaseOperator):
                 ledger.save(entries)  # before the create: a lost answer must not become a second job
                 try:
                     entry["job_id"] = self.hook.create_bulk_write_job(
-                        module=self._plan.module, operation=self._plan.operation, file_id=file_id,
-                        find_by=self._plan.find_by, field_mappings=self._plan.zoho_field_mappings())
+                        module=plan.module, operation=plan.operation, file_id=file_id,
+                        find_by=plan.find_by, field_mappings=plan.zoho_field_mappings())
                 except (ZohoServerError, ZohoConnectionError):
                     raise  # the request may have reached Zoho: the entry stays, and a retry asks the user
                 except BaseException:
@@ -430,7 +431,7 @@ class ZohoBulkWriteOperator(BaseOperator):
                 ledger.save(entries)
                 self.log.info("Uploaded %s (input rows %d to %d, %.1f MB zipped) as file %s: Bulk Write %s job %s",
                               upload.name, upload.first_row, upload.first_row + upload.rows - 1,
-                              upload.zipped_bytes / 1e6, file_id, self._plan.operation, entry["job_id"])
+                              upload.zipped_bytes / 1e6, file_id, plan.operation, entry["job_id"])
         return [_job_facts(entry) for entry in entries]
 
     def _check_previous(self, previous: dict[str, Any], upload: UploadFile, ledger: SubmissionLedger) -> None:
@@ -449,23 +450,23 @@ class ZohoBulkWriteOperator(BaseOperator):
                 f"entry's job_id to its id or delete the entry (to create it), and clear the task",
                 file_name=upload.name)
 
-    def _write_files(self, work_dir: str) -> list[UploadFile]:
-        """The whole input as upload files on local disk, checked; nothing is sent before this returns."""
+    def _write_files(self, work_dir: str) -> tuple[SubmissionPlan | None, list[UploadFile]]:
+        """The whole input as upload files on local disk, checked, and the plan they follow (None for an
+        input without rows); nothing is sent before this returns."""
         self.log.info("Reading rows to %s into Zoho %s from %s", self.operation, self.module, self.source.describe())
         batches = iter(self.source.batches())
         first = next(batches, None)
         if first is None:
-            self._plan = None
             self.log.warning("The source %s holds no rows: nothing to submit", self.source.describe())
-            return []
-        self._plan = plan_submission(first.schema, module=self.module, operation=self.operation,
+            return None, []
+        plan = plan_submission(first.schema, module=self.module, operation=self.operation,
                                      find_by=self.find_by or None, field_mappings=self.field_mappings or None,
                                      limits=self.limits)
-        files = write_upload_files(itertools.chain([first], batches), self._plan, work_dir=work_dir,
+        files = write_upload_files(itertools.chain([first], batches), plan, work_dir=work_dir,
                                    limits=self.limits, name_prefix=self.module)
         self.log.info("Wrote %d rows into %d upload files (%.1f MB zipped), all within Zoho's limits",
                       sum(f.rows for f in files), len(files), sum(f.zipped_bytes for f in files) / 1e6)
-        return files
+        return plan, files
 
     # --- waiting and loading ---------------------------------------------------------------------------------
 
