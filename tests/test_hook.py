@@ -51,7 +51,10 @@ def small_zip(rows: int = 3) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         lines = ["Last_Name,Email,Company,RECORD_ID,STATUS,ERRORS"]
         lines += [f"N{i},n{i}@x.com,Acme,{4150868000000000000 + i},ADDED," for i in range(rows)]
-        zf.writestr("Leads-Leads.csv", "\n".join(lines) + "\n")
+        # A fixed time stamp: built twice across a two-second boundary, the same zip must be the same bytes.
+        member = zipfile.ZipInfo("Leads-Leads.csv", date_time=(2026, 1, 1, 0, 0, 0))
+        member.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(member, "\n".join(lines) + "\n")
     return buf.getvalue()
 
 
