@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -37,9 +36,6 @@ def make_hook(monkeypatch, sandbox, **extra) -> ZohoCrmHook:
     conn = sandbox.airflow_connection()
     conn["extra"] = {k: v for k, v in {**conn["extra"], **extra}.items() if v is not None}
     monkeypatch.setenv("AIRFLOW_CONN_ZOHO_CRM_DEFAULT", json.dumps(conn))
-    # A token cache of this test's own: a sandbox on a port an earlier test's sandbox used would otherwise
-    # find that sandbox's token, answer 401, and add a retry to the requests these tests count.
-    monkeypatch.setenv("ZOHOBULK_TOKEN_CACHE_DIR", tempfile.mkdtemp(prefix="zoho-tokens-"))
     return ZohoCrmHook(**FAST)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tempfile
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -74,9 +73,6 @@ def requests_to(sandbox, suffix: str) -> list[dict]:
 @pytest.fixture
 def sandbox(zoho_sandbox_connection, monkeypatch):
     zoho_sandbox_connection.configure(seeded_failure_share=0.0)  # outcomes follow from the input alone
-    # A token cache of this test's own: a sandbox on a port an earlier test's sandbox used would otherwise
-    # find that sandbox's token, answer 401, and add a retry to the uploads these tests count.
-    monkeypatch.setenv("ZOHOBULK_TOKEN_CACHE_DIR", tempfile.mkdtemp(prefix="zoho-tokens-"))
     return zoho_sandbox_connection
 
 
