@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -500,6 +501,18 @@ def test_token_error_fault(zoho_sandbox):
     second = mint(zoho_sandbox)
     assert (second.status_code, second.json()) == (400, {"error": "invalid_code"})
     assert "access_token" in mint(zoho_sandbox).json()
+
+
+def test_slow_answer_fault_delays_then_answers_as_usual(zoho_sandbox):
+    zoho_sandbox.add_fault("slow_answer", path_prefix="/oauth/v2/token", delay=0.6)
+    started = time.monotonic()
+    slow = mint(zoho_sandbox)
+    slow_seconds = time.monotonic() - started
+    assert slow_seconds >= 0.6
+    assert zoho_sandbox.stats()["pending_faults"] == []  # used up: the next request is not delayed
+    fast = mint(zoho_sandbox)
+    assert slow.status_code == fast.status_code == 200 and slow.json()["access_token"] != fast.json()["access_token"]
+    assert zoho_sandbox.stats()["tokens_minted"] == 2
 
 
 def test_body_faults_only_hit_downloads(ready):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from airflow_provider_zohobulk.errors import TokenThrottledError
-from airflow_provider_zohobulk.hooks.token_cache import CachedToken, TokenCache, cache_key
+from airflow_provider_zohobulk.hooks.token_cache import CachedToken, TokenCache, VariableStore, cache_key
 from airflow_provider_zohobulk.progress import Progress
 
 
@@ -51,6 +51,25 @@ def test_invalidate_never_drops_a_newer_token(tmp_path):
 def test_corrupt_cache_file_is_ignored(tmp_path):
     (tmp_path / "k.json").write_text("{not json")
     assert TokenCache(tmp_path).get("k") is None
+
+
+def test_without_the_variable_store_a_machine_mints_alone_and_says_so(tmp_path, caplog, capsys):
+    """Outside a task (no API server to reach the Variables through) the fleet-wide claim cannot be taken:
+    the machine mints under its own lock rather than fail or wait. With a task's API server, the claim is
+    tested across two Celery workers (tests/e2e/test_celery_scale_out.py)."""
+    minted: list[CachedToken] = []
+
+    def mint() -> CachedToken:
+        minted.append(CachedToken(f"tok-{len(minted)}", time.time() + 3600))
+        return minted[-1]
+
+    cache = TokenCache(tmp_path, VariableStore())
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_zohobulk.hooks.token_cache"):
+        assert cache.get_or_mint("k", mint, timeout=10).access_token == "tok-0"
+    assert "minting on this machine" in caplog.text + capsys.readouterr().out  # whichever logging Airflow set up
+    assert cache.get_or_mint("k", mint, timeout=10).access_token == "tok-0"  # then served from this machine
+    assert TokenCache(tmp_path).get("k").access_token == "tok-0"
+    assert len(minted) == 1
 
 
 def test_a_slow_mint_holds_up_only_its_own_key(tmp_path):

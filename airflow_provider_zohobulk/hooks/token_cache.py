@@ -10,8 +10,9 @@ its own token is the known failure mode of Zoho clients. So tokens are minted un
    shared temporary directory is used only when it is this user's own and private (see
    :func:`refuse_unless_private`), since any user can create it first;
 3. optionally in an Airflow Variable (connection extra ``oauth_cache: "variable"``), encrypted at rest like any
-   Variable, so a fleet of workers shares one token. Variables have no lock, so machines that miss
-   at the same instant each mint one: at most one token per machine per hour, far below the throttle.
+   Variable, so a fleet of workers shares one token. Variables have no lock and no compare-and-set, so
+   machines that miss at the same instant agree on one minter with Fischer's timed mutual exclusion
+   (see :class:`VariableStore`): one mint per connection however many machines start together.
 
 A token is reused until :data:`REFRESH_MARGIN_SECONDS` before it expires. Keys are a hash of the
 accounts URL, client id, client secret and refresh token: no secret is ever part of a key or a file name.
@@ -28,7 +29,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +40,13 @@ log = logging.getLogger(__name__)
 
 REFRESH_MARGIN_SECONDS = 300
 _VARIABLE_PREFIX = "zohobulk_token_"
+#: Fischer's bound: a claim written within this long of reading "no claim" has landed before anyone
+#: reads back. A Variable write through the API server takes milliseconds; a second is a wide margin.
+CLAIM_SETTLE_SECONDS = 1.0
+#: A claim older than this is abandoned (its machine died mid-mint) and may be taken over.
+CLAIM_LEASE_SECONDS = 60.0
+#: How often a machine waiting for another's mint looks for the token.
+CLAIM_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,21 @@ class _SharedStore:
     def delete(self, key: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def mint_once(self, key: str, mint: Callable[[], CachedToken], timeout: float) -> CachedToken:
+        """A token minted by exactly one machine of the fleet: this one, or the one it waited for."""
+        return mint()  # pragma: no cover - a store without claims lets every machine mint
+
 
 class VariableStore(_SharedStore):
-    """Tokens in Airflow Variables, so every worker of a deployment shares them."""
+    """Tokens in Airflow Variables, so every worker of a deployment shares them.
+
+    :meth:`mint_once` elects one minter among machines that all found no token, with Fischer's
+    algorithm over a claim Variable: read it; if nobody holds it, write your own id, wait
+    :data:`CLAIM_SETTLE_SECONDS` (longer than any read-then-write takes), read again, and mint only if
+    your id is still there. The others see a live claim and wait for the token to appear. A machine
+    that dies mid-mint holds the claim for at most :data:`CLAIM_LEASE_SECONDS`. If the Variables
+    cannot be reached, a machine mints on its own, as it would without the shared store.
+    """
 
     def get(self, key: str) -> CachedToken | None:
         from airflow.sdk import Variable
@@ -139,6 +160,65 @@ class VariableStore(_SharedStore):
 
         with contextlib.suppress(Exception):
             Variable.delete(_VARIABLE_PREFIX + key)
+
+    def mint_once(self, key: str, mint: Callable[[], CachedToken], timeout: float) -> CachedToken:
+        me = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while True:
+            token = self.get(key)
+            if token and token.is_fresh():
+                return token
+            try:
+                claim = self._read_claim(key)
+                if claim is None:
+                    self._write_claim(key, me)
+                    time.sleep(CLAIM_SETTLE_SECONDS)
+                    claim = self._read_claim(key)
+            except Exception as exc:  # no shared store to agree through: mint alone, as without it
+                log.warning("Zoho token cache: could not use the shared mint claim (%s); minting on this machine",
+                            type(exc).__name__)
+                return mint()
+            if claim == me:
+                try:
+                    token = self.get(key)  # minted by a machine whose claim ended just before ours began
+                    if token and token.is_fresh():
+                        return token
+                    token = mint()
+                    self.put(key, token)
+                    return token
+                finally:
+                    self._release_claim(key, me)
+            if time.monotonic() >= deadline:
+                raise _claim_timeout(timeout)
+            time.sleep(CLAIM_POLL_SECONDS)
+
+    @staticmethod
+    def _claim_name(key: str) -> str:
+        return f"{_VARIABLE_PREFIX}{key}_minting"
+
+    def _read_claim(self, key: str) -> str | None:
+        """The id of the machine minting now, or None when nobody is (or its lease ran out)."""
+        from airflow.sdk import Variable
+
+        raw = Variable.get(self._claim_name(key), default=None)
+        try:
+            claim = json.loads(raw) if raw else None
+            return str(claim["owner"]) if claim and float(claim["until"]) > time.time() else None
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable: treated as no claim, and overwritten
+
+    def _write_claim(self, key: str, owner: str) -> None:
+        from airflow.sdk import Variable
+
+        Variable.set(self._claim_name(key), json.dumps({"owner": owner, "until": time.time() + CLAIM_LEASE_SECONDS}),
+                     description="Which machine is minting the Zoho access token (airflow-provider-zohobulk)")
+
+    def _release_claim(self, key: str, owner: str) -> None:
+        with contextlib.suppress(Exception):
+            if self._read_claim(key) == owner:
+                from airflow.sdk import Variable
+
+                Variable.delete(self._claim_name(key))
 
 
 def _decode(raw: str | bytes | None) -> CachedToken | None:
@@ -195,6 +275,12 @@ class TokenCache:
         return None
 
     def put(self, key: str, token: CachedToken) -> None:
+        self._put_local(key, token)
+        if self.shared is not None:
+            self.shared.put(key, token)
+
+    def _put_local(self, key: str, token: CachedToken) -> None:
+        """Memory and this machine's file only."""
         self._memory[key] = token
         self._ensure_dir()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tok-")
@@ -207,8 +293,23 @@ class TokenCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        if self.shared is not None:
-            self.shared.put(key, token)
+
+    def get_or_mint(self, key: str, mint: Callable[[], CachedToken], timeout: float) -> CachedToken:
+        """The cached token, or one minted by one caller: one per machine (the file lock) and, with a
+        shared store, one per fleet (its claim). ``timeout`` bounds the wait for another minter."""
+        token = self.get(key)
+        if token is not None:
+            return token
+        deadline = time.monotonic() + timeout
+        with self.mint_lock(key, timeout=timeout):
+            token = self.get(key)  # another process may have minted meanwhile
+            if token is not None:
+                return token
+            # A shared store saves the token itself, before it lets the next machine look.
+            token = (mint() if self.shared is None
+                     else self.shared.mint_once(key, mint, timeout=max(deadline - time.monotonic(), 0)))
+            self._put_local(key, token)
+            return token
 
     def invalidate(self, key: str, rejected_token: str) -> None:
         """Forget ``rejected_token``, but never a newer token another process has already minted."""
@@ -253,6 +354,15 @@ class TokenCache:
                 file_lock.release()
         finally:
             thread_lock.release()
+
+
+def _claim_timeout(timeout: float) -> Exception:
+    from airflow_provider_zohobulk.errors import TokenThrottledError
+
+    return TokenThrottledError(
+        f"waited {timeout:.0f}s for another machine to mint a Zoho access token with the same credentials "
+        "(its claim is in the Variable store); it is most likely waiting out Zoho's token throttle "
+        "(10 tokens per 10 minutes)")
 
 
 def _lock_timeout(timeout: float) -> Exception:

@@ -277,14 +277,9 @@ class ZohoCrmHook(BaseHook):
         cache = self._token_cache
         if cache is None:
             return self._current_or_mint()
-        token = cache.get(self._cache_key)
-        if token is None:
-            # Longer than a minter may wait out the throttle, so a waiter only gives up on a stuck one.
-            with cache.mint_lock(self._cache_key, timeout=self.throttle_max_wait + _MINT_LOCK_MARGIN_S):
-                token = cache.get(self._cache_key)  # another process may have minted meanwhile
-                if token is None:
-                    token = self._mint_token()
-                    cache.put(self._cache_key, token)
+        # Longer than a minter may wait out the throttle, so a waiter only gives up on a stuck one.
+        token = cache.get_or_mint(self._cache_key, self._mint_token,
+                                  timeout=self.throttle_max_wait + _MINT_LOCK_MARGIN_S)
         _mask(token.access_token)
         return token.access_token
 

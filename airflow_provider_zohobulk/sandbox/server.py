@@ -99,6 +99,7 @@ FAULT_ENDPOINTS: dict[str, frozenset[str]] = {
     "reset_connection": _ANY_ENDPOINT,
     "redirect": _ANY_ENDPOINT,
     "drop": _ANY_ENDPOINT,
+    "slow_answer": _ANY_ENDPOINT,
     "token_error": frozenset({"token"}),
     "invalid_file_format": frozenset({"upload"}),
     "file_too_large": frozenset({"upload"}),
@@ -511,7 +512,9 @@ class ZohoSandbox:
         location, as a CDN's pre-signed link: a signed download is served without a token) on any endpoint;
         ``drop`` (``fraction`` 0.5 of the request body is read, then the connection is closed without an
         answer; ``after_processing=True`` instead does the work, an upload stored or a job created, and then
-        closes: the answer is lost) on any endpoint; ``invalid_file_format`` (400) and ``file_too_large``
+        closes: the answer is lost) on any endpoint; ``slow_answer`` (``delay`` 1.0 s before the request is
+        handled: a slow token endpoint lets minters on several machines overlap) on any endpoint;
+        ``invalid_file_format`` (400) and ``file_too_large``
         (413) on uploads; ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
         ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
         ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
@@ -1421,6 +1424,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "drop" and not fault.params.get("after_processing"):
             self._drop_mid_request(fault)
             return
+        if fault is not None and fault.kind == "slow_answer":
+            time.sleep(float(fault.params.get("delay", 1.0)))
+            fault = None  # then answered as usual
         if endpoint == "upload":
             self._upload(fault)
             return

@@ -12,6 +12,7 @@ that limits, not the workers.
 from __future__ import annotations
 
 import io
+import json
 import signal
 import time
 import uuid
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.celery, pytest.mark.airflow_e2e, pytest.mark.postgres,
 
 SCALE_DAG = "zoho_celery_scale_out"
 WAIT_DAG = "zoho_celery_wait_and_load"
+RACE_DAG = "zoho_celery_token_race"
 LOADS = ("load_to_postgres", "load_to_s3", "load_to_files")
 POOL_SLOTS = 4
 JOBS = 20  # x 2 destinations = 40 mapped loads
@@ -157,6 +159,41 @@ def test_mapped_loads_spread_over_both_workers_each_row_once(celery_airflow: Cel
     assert sandbox.stats()["tokens_minted"] == 1
     print(f"\n{2 * JOBS} loads + {len(MODULES)} exports on {len(cluster.workers)} workers in {elapsed:.0f}s "
           f"({2 * JOBS / elapsed * 60:.0f} loads/min); by worker: {dict(by_worker)}")
+
+
+def test_tasks_starting_together_on_both_workers_mint_one_token(celery_airflow: CeleryAirflow, tmp_path: Path) -> None:
+    """No task runs first to warm the cache: every task asks at once, on both workers, while Zoho is slow."""
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    tasks = 2 * cluster.worker_concurrency
+    # A connection of its own (new credentials, so nothing is cached for it anywhere), made at run time.
+    suffix = uuid.uuid4().hex[:8]
+    client_id, secret, refresh = f"race-client-{suffix}", f"race-secret-{suffix}", f"race-refresh-{suffix}"
+    sandbox.add_client(client_id, secret, refresh)
+    conn_id = f"zoho_race_{suffix}"
+    cluster.airflow.api("POST", "/connections", expect=201, json={
+        "connection_id": conn_id, "conn_type": "zoho_crm", "login": client_id, "password": secret,
+        "extra": json.dumps({**sandbox.connection_extra(), "refresh_token": refresh, "oauth_cache": "variable"})})
+    # Each mint takes 3 s: without an agreement between machines, both workers' first tasks would mint.
+    sandbox.add_fault("slow_answer", count=tasks, path_prefix="/oauth/v2/token", delay=3.0)
+    minted_before = sandbox.stats()["tokens_minted"]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    run_id = run_dag(cluster, RACE_DAG, {"conn_id": conn_id, "tasks": tasks, "barrier_dir": str(barrier)})
+
+    instances = [ti for ti in cluster.task_instances(RACE_DAG, run_id) if ti["task_id"] == "token_at_the_barrier"]
+    assert len(instances) == tasks
+    assert {ti["hostname"] for ti in instances} == set(cluster.workers)  # all at once, so both workers ran some
+    fingerprints = {cluster.airflow.api("GET", f"/dags/{RACE_DAG}/dagRuns/{run_id}/taskInstances/"
+                                               "token_at_the_barrier/xcomEntries/return_value",
+                                        params={"map_index": ti["map_index"], "deserialize": "true"})["value"]
+                    for ti in instances}
+    assert len(fingerprints) == 1, fingerprints  # every task got the same token
+    assert sandbox.stats()["tokens_minted"] - minted_before == 1
+    sandbox.clear_faults()
+    # The claim the machines agreed through is released; only the token is left in the store.
+    keys = [v["key"] for v in cluster.airflow.api("GET", "/variables", params={"limit": 1000})["variables"]]
+    assert not [key for key in keys if key.endswith("_minting")], keys
 
 
 def test_worker_killed_mid_load_is_retried_on_the_other_worker(celery_airflow: CeleryAirflow, table: str) -> None:

@@ -2,10 +2,9 @@
 
 ``zoho_celery_scale_out``: many finished Bulk Write jobs, each loaded by mapped tasks into PostgreSQL,
 S3 and/or local files shared by the workers, plus Bulk Read exports of some modules into S3. One task
-first checks every job through the connection: it mints the run's one access token and stores it in
-the shared ``oauth_cache=variable`` store, so the mapped loads on every worker find it there instead
-of each worker minting its own at the same instant. Every Zoho-calling task is in the ``zoho_bulk``
-pool, whose slots are Zoho's bulk concurrency limit.
+first checks that every job is complete, so a bad job id fails the run before anything is loaded.
+(Tasks that all start at once share one token too: see ``zoho_celery_token_race``.) Every
+Zoho-calling task is in the ``zoho_bulk`` pool, whose slots are Zoho's bulk concurrency limit.
 
 ``zoho_celery_wait_and_load``: each mapped task waits for its job deferred in the triggerer
 (``wait_for_completion=True, deferrable=True``), then loads it into PostgreSQL.
@@ -45,7 +44,7 @@ with DAG(dag_id="zoho_celery_scale_out", schedule=None, catchup=False, params=PA
 
     @task(pool=POOL)
     def check_jobs(params=None) -> list[str]:
-        """Every job is COMPLETED (else fail before loading anything); mints the shared token."""
+        """Every job is COMPLETED (else fail before loading anything)."""
         from airflow_provider_zohobulk import bulk_job
         from airflow_provider_zohobulk.hooks.zoho_crm import ZohoCrmHook
 
