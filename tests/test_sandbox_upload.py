@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from airflow_provider_zohobulk.sandbox import ZohoSandbox, sample_leads_csv
-from airflow_provider_zohobulk.sandbox.results import FIELD_MAX_LENGTHS, UploadRefusedError
+from airflow_provider_zohobulk.sandbox.results import FIELD_MAX_LENGTHS, UploadRefusedError, parse_csv
 
 UPLOAD = "/crm/v8/upload"
 
@@ -82,6 +82,19 @@ def test_csvs_zoho_would_not_import_are_refused(sandbox, csv_bytes, code, detail
     assert (response.json()["code"], response.json()["details"], response.json()["status"]) == (code, details, "error")
     assert "Leads.csv" in response.json()["message"]
     assert sandbox.uploaded_files() == []
+
+
+@pytest.mark.parametrize(("data", "header", "first_row"), [
+    (b"Last_Name;Email\nDoe;d@x.com\n", ["Last_Name", "Email"], ["Doe", "d@x.com"]),
+    (b"Last_Name|Email\nDoe|d@x.com\n", ["Last_Name", "Email"], ["Doe", "d@x.com"]),
+    # Delimiters inside a quoted header name do not count: two columns, not three.
+    (b'"Time: a:b",Email\n"1:2",d@x.com\n', ["Time: a:b", "Email"], ["1:2", "d@x.com"]),
+    # One quoted column whose name holds another delimiter stays one column.
+    (b'"a;b"\n"x;y"\n', ["a;b"], ["x;y"]),
+])
+def test_the_delimiter_is_read_from_the_header_outside_quotes(data, header, first_row):
+    upload = parse_csv(data, "up.csv")
+    assert (upload.header, upload.rows[0]) == (header, first_row)
 
 
 def test_the_limits_themselves_are_accepted(sandbox):

@@ -127,8 +127,10 @@ def parse_csv(data: bytes, name: str) -> UploadedCsv:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ZohoConfigurationError(f"{name} is not UTF-8: {exc}") from None
-    first_line = text.split("\n", 1)[0]
-    delimiter = max(UPLOAD_DELIMITERS, key=first_line.count)
+    # Only delimiters outside quotes count: a quoted header such as "Time: Start" names one column.
+    # (A quoted header cannot span lines here: Zoho's field names hold no newline.)
+    unquoted = "".join(text.split("\n", 1)[0].split('"')[::2])
+    delimiter = max(UPLOAD_DELIMITERS, key=unquoted.count)  # a tie, or none at all: the comma
     try:
         records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
     except csv.Error as exc:
