@@ -140,6 +140,8 @@ def test_revoked_refresh_token_and_its_access_tokens(zoho_sandbox):
     assert job_details(zoho_sandbox, job_id, other.json()["access_token"]).status_code == 200
     # a refresh token belongs to its own client only
     assert mint(zoho_sandbox, refresh_token="other-refresh").json() == {"error": "invalid_code"}
+    # mints are counted per client too, refused ones not at all
+    assert zoho_sandbox.stats()["tokens_minted_by_client"] == {"sandbox-client-id": 1, "other-client": 1}
 
 
 def test_throttle_blocks_until_the_window_ends():

@@ -366,6 +366,7 @@ class ZohoSandbox:
         self._faults: list[_Fault] = []
         self._requests: list[dict[str, Any]] = []
         self._tokens_minted = 0
+        self._tokens_minted_by_client: collections.Counter[str] = collections.Counter()
         self._bulk_in_flight = 0
         self._max_bulk_in_flight = 0
         self._throttle: dict[str, tuple[float, int]] = {}  # refresh token -> (window start, mints)
@@ -541,6 +542,8 @@ class ZohoSandbox:
         with self._lock:
             return {
                 "tokens_minted": self._tokens_minted,
+                # Per client id: a deployment's connections each share one token, so each is counted alone.
+                "tokens_minted_by_client": dict(self._tokens_minted_by_client),
                 # The most Bulk API calls (uploads, creates, details, downloads) served at once since the last
                 # reset: Zoho allows about 10 per org, and a pool in Airflow is what keeps a deployment below it.
                 "max_bulk_calls_in_flight": self._max_bulk_in_flight,
@@ -1060,6 +1063,7 @@ class ZohoSandbox:
             self._live[refresh] = live
             self._access_tokens[token] = (refresh, now + self.options.token_ttl_seconds)
             self._tokens_minted += 1
+            self._tokens_minted_by_client[client_id] += 1
             self._save_state()
         body: dict[str, Any] = {"access_token": token, "scope": SCOPE, "api_domain": self.url, "token_type": "Bearer"}
         style, ttl = self.options.token_response_style, int(self.options.token_ttl_seconds)
