@@ -97,7 +97,8 @@ def get_provider_info() -> dict:
                     # which would turn each "local" or "variable" in the task logs into "***".
                     "oauth_cache": {
                         "label": "Token cache",
-                        "description": "local (one machine, default), variable (an Airflow Variable) or none.",
+                        "description": "local (one token per machine, default), variable (one token per "
+                                       "connection, shared by every worker through Airflow Variables) or none.",
                         "schema": {"type": ["string", "null"], "enum": ["local", "variable", "none", None],
                                    "default": "local"},
                     },
