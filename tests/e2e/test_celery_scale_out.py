@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_provider_zohobulk.hooks.token_cache import cache_key
 from airflow_provider_zohobulk.sandbox import sample_leads_csv
 from tests.fixtures.celery_airflow import POOL, CeleryAirflow
 
@@ -34,6 +36,8 @@ pytestmark = [pytest.mark.celery, pytest.mark.airflow_e2e, pytest.mark.postgres,
 SCALE_DAG = "zoho_celery_scale_out"
 WAIT_DAG = "zoho_celery_wait_and_load"
 RACE_DAG = "zoho_celery_token_race"
+#: The secrets of the connections the tests make at run time, which no log may show either.
+CONNECTION_SECRETS: list[str] = []
 LOADS = ("load_to_postgres", "load_to_s3", "load_to_files")
 POOL_SLOTS = 4
 JOBS = 20  # x 2 destinations = 40 mapped loads
@@ -106,6 +110,25 @@ def detail_calls(sandbox: Any, job_ids: set[str]) -> int:
                if r["method"] == "GET" and r["path"].rstrip("/").rsplit("/", 1)[-1] in job_ids)
 
 
+def new_zoho_connection(cluster: CeleryAirflow) -> tuple[str, str, str]:
+    """A Zoho connection made at run time, with credentials nothing has cached: (conn id, client id, the
+    token cache key of its credentials)."""
+    sandbox = cluster.sandbox
+    suffix = uuid.uuid4().hex[:8]
+    client_id, secret, refresh = f"client-{suffix}", f"secret-{suffix}", f"refresh-{suffix}"
+    sandbox.add_client(client_id, secret, refresh)
+    CONNECTION_SECRETS.extend((secret, refresh))
+    conn_id = f"zoho_{suffix}"
+    cluster.airflow.api("POST", "/connections", expect=201, json={
+        "connection_id": conn_id, "conn_type": "zoho_crm", "login": client_id, "password": secret,
+        "extra": json.dumps({**sandbox.connection_extra(), "refresh_token": refresh, "oauth_cache": "variable"})})
+    return conn_id, client_id, cache_key(sandbox.url, client_id, secret, refresh)
+
+
+def variable_keys(cluster: CeleryAirflow) -> list[str]:
+    return [v["key"] for v in cluster.airflow.api("GET", "/variables", params={"limit": 1000})["variables"]]
+
+
 def assert_one_token(cluster: CeleryAirflow) -> None:
     minted = cluster.sandbox.stats()["tokens_minted_by_client"].get(cluster.sandbox.client_id, 0)
     assert minted <= 1, f"Zoho minted {minted} access tokens for one connection; the variable store should share one"
@@ -165,14 +188,7 @@ def test_tasks_starting_together_on_both_workers_mint_one_token(celery_airflow: 
     """No task runs first to warm the cache: every task asks at once, on both workers, while Zoho is slow."""
     cluster, sandbox = celery_airflow, celery_airflow.sandbox
     tasks = 2 * cluster.worker_concurrency
-    # A connection of its own (new credentials, so nothing is cached for it anywhere), made at run time.
-    suffix = uuid.uuid4().hex[:8]
-    client_id, secret, refresh = f"race-client-{suffix}", f"race-secret-{suffix}", f"race-refresh-{suffix}"
-    sandbox.add_client(client_id, secret, refresh)
-    conn_id = f"zoho_race_{suffix}"
-    cluster.airflow.api("POST", "/connections", expect=201, json={
-        "connection_id": conn_id, "conn_type": "zoho_crm", "login": client_id, "password": secret,
-        "extra": json.dumps({**sandbox.connection_extra(), "refresh_token": refresh, "oauth_cache": "variable"})})
+    conn_id, client_id, _ = new_zoho_connection(cluster)
     # Each mint takes 3 s: without an agreement between machines, both workers' first tasks would mint.
     sandbox.add_fault("slow_answer", count=tasks, path_prefix="/oauth/v2/token", delay=3.0)
     barrier = tmp_path / "barrier"
@@ -191,8 +207,27 @@ def test_tasks_starting_together_on_both_workers_mint_one_token(celery_airflow: 
     assert sandbox.stats()["tokens_minted_by_client"][client_id] == 1
     sandbox.clear_faults()
     # The claim the machines agreed through is released; only the token is left in the store.
-    keys = [v["key"] for v in cluster.airflow.api("GET", "/variables", params={"limit": 1000})["variables"]]
-    assert not [key for key in keys if key.endswith("_minting")], keys
+    assert not [key for key in variable_keys(cluster) if key.endswith("_minting")]
+
+
+def test_a_claim_left_by_a_machine_that_died_lapses(celery_airflow: CeleryAirflow, tmp_path: Path) -> None:
+    """A machine killed while minting leaves its claim; the others wait for its lease to end, then one mints."""
+    cluster, sandbox = celery_airflow, celery_airflow.sandbox
+    conn_id, client_id, key = new_zoho_connection(cluster)
+    claim, lapses_at = f"zohobulk_token_{key}_minting", time.time() + 15
+    cluster.airflow.api("POST", "/variables", expect=201, json={
+        "key": claim, "value": json.dumps({"owner": "a-machine-that-died", "until": lapses_at})})
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    run_id = run_dag(cluster, RACE_DAG, {"conn_id": conn_id, "tasks": 2, "barrier_dir": str(barrier)})
+
+    assert sandbox.stats()["tokens_minted_by_client"][client_id] == 1
+    ends = [datetime.fromisoformat(ti["end_date"]).timestamp() for ti in cluster.task_instances(RACE_DAG, run_id)
+            if ti["task_id"] == "token_at_the_barrier"]
+    assert len(ends) == 2 and min(ends) >= lapses_at  # nobody minted while the dead machine's claim held
+    keys = variable_keys(cluster)
+    assert f"zohobulk_token_{key}" in keys and claim not in keys
 
 
 def test_worker_killed_mid_load_is_retried_on_the_other_worker(celery_airflow: CeleryAirflow, table: str) -> None:
@@ -326,5 +361,5 @@ def test_no_secret_in_any_log(celery_airflow: CeleryAirflow) -> None:
     logs = "".join(path.read_text(errors="replace") for path in Path(celery_airflow.log_dir).rglob("*.log"))
     assert logs
     for secret in (celery_airflow.sandbox.client_secret, celery_airflow.sandbox.refresh_token,
-                   celery_airflow.postgres.password):
+                   celery_airflow.postgres.password, *CONNECTION_SECRETS):
         assert secret not in logs
