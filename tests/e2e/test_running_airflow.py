@@ -66,7 +66,10 @@ def test_deferred_sensor_then_parallel_loads_then_downstream_dag(running_airflow
                      lambda: job_detail_calls(sandbox, job_id) >= polls_before + 2, timeout=60)
     assert sensor_instance()["state"] == "deferred"
 
-    # 3. COMPLETED: the trigger fires, the sensor resumes, both loads run.
+    # 3. COMPLETED: the trigger fires, the sensor resumes, both loads run. (Once the scheduler has taken in
+    # the deferral: see unsettled_deferrals for the Airflow race this waits out.)
+    airflow.wait_for("the scheduler to take in the sensor's deferral",
+                     lambda: not airflow.unsettled_deferrals(run_id), timeout=60)
     sandbox.advance_clock(JOB_STEP_SECONDS)
     run = airflow.wait_for_run(DAG_ID, run_id, timeout=180)
     assert run["state"] == "success", airflow.failure_report(DAG_ID, run_id)
