@@ -1,4 +1,4 @@
-"""Small builders and readers shared by the sink tests (no I/O)."""
+"""Small builders and readers shared by the tests (no I/O of their own)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import lzma
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -147,3 +148,9 @@ def failing_after(pairs: list[tuple[str, pa.RecordBatch]], count: int):
     """The first ``count`` batches, then the archive's integrity error."""
     yield from pairs[:count]
     raise CorruptArchive("CRC32 mismatch at the end of the member")
+
+
+def job_detail_calls(sandbox: Any, job_id: str) -> int:
+    """How many times anyone asked the sandbox for this job's details (the sensor's and trigger's polls)."""
+    return sum(1 for request in sandbox.stats()["requests"]
+               if request.get("method") == "GET" and request.get("path", "").endswith(f"/write/{job_id}"))

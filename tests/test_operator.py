@@ -30,6 +30,7 @@ from airflow_provider_zohobulk.errors import (
 from airflow_provider_zohobulk.operators.bulk_write import ZohoBulkWriteResultOperator, asset_for
 from airflow_provider_zohobulk.sensors.bulk_write import ZohoBulkWriteJobSensor
 from airflow_provider_zohobulk.sinks import DuckDBSink, ObjectStorageSink
+from tests.helpers import job_detail_calls
 
 DAGS = Path(__file__).parent / "dags" / "zoho_test_dags.py"
 FAST_HOOK = {"retry_backoff": 0.01, "max_backoff": 0.05, "retry_limit": 2, "timeout": (5, 30)}
@@ -346,6 +347,28 @@ def test_trigger_round_trips_and_reports(sandbox_conn):
 
     payload = asyncio.run(error_event())
     assert payload["status"] == "error" and payload["error_type"] == "ZohoNotFoundError"
+
+
+def test_the_trigger_first_checks_one_interval_after_the_deferral(sandbox_conn):
+    """The task checked the job just before deferring: the trigger does not ask again at once (which is
+    also what would expose Airflow's deferral race, see the README's sensor section)."""
+    import asyncio
+
+    from airflow_provider_zohobulk.triggers.bulk_write import ZohoBulkWriteJobTrigger
+
+    job_id = sandbox_conn.create_job_from_csv(leads_csv(3))  # already COMPLETED
+    trigger = ZohoBulkWriteJobTrigger(job_id, poll_interval=1.0, hook_kwargs=FAST_HOOK)
+    asked = []
+
+    async def watch_then_event():
+        run = asyncio.ensure_future(anext(trigger.run()))
+        await asyncio.sleep(0.5)
+        asked.append(job_detail_calls(sandbox_conn, job_id))
+        return (await run).payload
+
+    payload = asyncio.run(watch_then_event())
+    assert asked == [0]  # nothing asked within the first interval
+    assert payload["status"] == "success" and job_detail_calls(sandbox_conn, job_id) == 1
 
 
 def test_an_outage_is_waited_through_by_the_trigger_and_the_sensor(sandbox_conn, capfd):

@@ -73,6 +73,10 @@ class ZohoBulkJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = await asyncio.to_thread(self._make_hook)  # the first import of the hook happens here
         method, kind = OPERATIONS[self.operation]
+        # Every task checks the job just before it defers, so the first check here waits an interval too.
+        # Firing within a second of the deferral is also what exposes Airflow 3.2-3.3's race that fails
+        # the task (apache/airflow#66374, #71580): its scheduler has not yet taken in the deferral.
+        await asyncio.sleep(self.poll_interval)
         while True:
             try:
                 job = await asyncio.to_thread(getattr(hook, method), self.job_id)

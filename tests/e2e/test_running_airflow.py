@@ -18,6 +18,7 @@ import pytest
 
 from airflow_provider_zohobulk.sandbox import sample_leads_csv
 from tests.fixtures.running_airflow import JOB_STEP_SECONDS, RunningAirflow
+from tests.helpers import job_detail_calls
 
 pytestmark = [pytest.mark.airflow_e2e, pytest.mark.slow]
 
@@ -25,12 +26,6 @@ DAG_ID = "zoho_bulk_write_wait_and_load"
 DOWNSTREAM_DAG_ID = "zoho_bulk_write_downstream"
 TRIGGER_CLASS = "ZohoBulkWriteJobTrigger"
 ROWS = 500
-
-
-def job_detail_calls(sandbox: Any, job_id: str) -> int:
-    """How many times anyone asked the sandbox for this job's details (the sensor's and trigger's polls)."""
-    return sum(1 for request in sandbox.stats()["requests"]
-               if request.get("method") == "GET" and request.get("path", "").endswith(f"/write/{job_id}"))
 
 
 def expected_counts(sandbox: Any, job_id: str) -> dict[str, int]:
