@@ -121,8 +121,9 @@ class _SharedStore:
         raise NotImplementedError
 
     def mint_once(self, key: str, mint: Callable[[], CachedToken], timeout: float) -> CachedToken:
-        """A token minted by exactly one machine of the fleet: this one, or the one it waited for."""
-        return mint()  # pragma: no cover - a store without claims lets every machine mint
+        """A token minted by exactly one machine of the fleet (this one, or the one it waited for), saved
+        in this store before the next machine may look."""
+        raise NotImplementedError  # pragma: no cover - interface
 
 
 class VariableStore(_SharedStore):
@@ -189,7 +190,7 @@ class VariableStore(_SharedStore):
                 finally:
                     self._release_claim(key, me)
             if time.monotonic() >= deadline:
-                raise _claim_timeout(timeout)
+                raise _waited_too_long(timeout, "another machine (its claim is in the Variable store)")
             time.sleep(CLAIM_POLL_SECONDS)
 
     @staticmethod
@@ -340,14 +341,14 @@ class TokenCache:
             thread_lock = self._key_locks.setdefault(key, threading.Lock())
         deadline = time.monotonic() + timeout
         if not thread_lock.acquire(timeout=max(timeout, 0)):
-            raise _lock_timeout(timeout)
+            raise _waited_too_long(timeout, "another task on this machine")
         try:
             try:
                 file_lock = FileLock(str(self.directory / f"{key}.lock"),
                                      timeout=max(deadline - time.monotonic(), 0))
                 file_lock.acquire()
             except Timeout:
-                raise _lock_timeout(timeout) from None
+                raise _waited_too_long(timeout, "another task on this machine") from None
             try:
                 yield
             finally:
@@ -356,21 +357,13 @@ class TokenCache:
             thread_lock.release()
 
 
-def _claim_timeout(timeout: float) -> Exception:
+def _waited_too_long(timeout: float, minter: str) -> Exception:
+    """The error for a wait of ``timeout`` seconds on ``minter`` (who holds the right to mint)."""
     from airflow_provider_zohobulk.errors import TokenThrottledError
 
     return TokenThrottledError(
-        f"waited {timeout:.0f}s for another machine to mint a Zoho access token with the same credentials "
-        "(its claim is in the Variable store); it is most likely waiting out Zoho's token throttle "
-        "(10 tokens per 10 minutes)")
-
-
-def _lock_timeout(timeout: float) -> Exception:
-    from airflow_provider_zohobulk.errors import TokenThrottledError
-
-    return TokenThrottledError(
-        f"waited {timeout:.0f}s for another task on this machine to mint a Zoho access token with the same "
-        "credentials; it is most likely waiting out Zoho's token throttle (10 tokens per 10 minutes)")
+        f"waited {timeout:.0f}s for {minter} to mint a Zoho access token with the same credentials; it is most "
+        "likely waiting out Zoho's token throttle (10 tokens per 10 minutes)")
 
 
 _caches: dict[tuple[str, str], TokenCache] = {}

@@ -515,15 +515,14 @@ class ZohoSandbox:
         answer; ``after_processing=True`` instead does the work, an upload stored or a job created, and then
         closes: the answer is lost) on any endpoint; ``slow_answer`` (``delay`` 1.0 s before the request is
         handled: a slow token endpoint lets minters on several machines overlap) on any endpoint;
-        ``invalid_file_format`` (400) and ``file_too_large``
-        (413) on uploads; ``token_error`` (``error``, ``status``) on the token endpoint; and on downloads only:
-        ``drop_mid_body`` (``fraction`` 0.5), ``slow_body`` (``delay`` s, ``chunk_size``),
-        ``corrupt_zip``, ``truncate_zip`` (``percent`` 50), ``expired_link``,
-        ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200). Downloads are Bulk Write
-        results and Bulk Read pages alike; a Bulk Read page is generated as it is sent, so there
-        ``truncate_zip`` and ``drop_mid_body`` cut it after that share of its *rows* (a clean end of the
-        HTTP body, or none). ``bulk_read_failed`` (``code``, ``message``, ``details``) hits the next Bulk
-        Read create: the job is created and ends FAILED where it would have completed.
+        ``invalid_file_format`` (400) and ``file_too_large`` (413) on uploads; ``token_error`` (``error``,
+        ``status``) on the token endpoint; and on downloads only: ``drop_mid_body`` (``fraction`` 0.5),
+        ``slow_body`` (``delay`` s, ``chunk_size``), ``corrupt_zip``, ``truncate_zip`` (``percent`` 50),
+        ``expired_link``, ``error_body`` (``content_type`` text/html, ``body``, ``status`` 200). Downloads are Bulk
+        Write results and Bulk Read pages alike; a Bulk Read page is generated as it is sent, so there
+        ``truncate_zip`` and ``drop_mid_body`` cut it after that share of its *rows* (a clean end of the HTTP body,
+        or none). ``bulk_read_failed`` (``code``, ``message``, ``details``) hits the next Bulk Read create: the job
+        is created and ends FAILED where it would have completed.
         """
         if kind not in FAULT_ENDPOINTS:
             raise ZohoConfigurationError(f"unknown sandbox fault {kind!r}; known: {sorted(FAULT_ENDPOINTS)}")
