@@ -28,6 +28,7 @@ import pytest
 from airflow_provider_zohobulk.hooks.token_cache import cache_key
 from airflow_provider_zohobulk.sandbox import sample_leads_csv
 from tests.fixtures.celery_airflow import POOL, CeleryAirflow
+from tests.helpers import job_detail_calls
 
 # The per-test timeout counts the cluster's start in the first test; a loaded CI machine needs room.
 pytestmark = [pytest.mark.celery, pytest.mark.airflow_e2e, pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow,
@@ -102,12 +103,6 @@ def pool_intervals(cluster: CeleryAirflow, dag_id: str, run_id: str) -> list[tup
         tries = cluster.tries(dag_id, run_id, ti["task_id"], ti["map_index"]) if ti["try_number"] > 1 else [ti]
         intervals += [(t["start_date"], t["end_date"]) for t in tries if t["start_date"] and t["end_date"]]
     return intervals
-
-
-def detail_calls(sandbox: Any, job_ids: set[str]) -> int:
-    """Job-details calls for these jobs so far (the polls of the triggers waiting for them)."""
-    return sum(1 for r in sandbox.stats()["requests"]
-               if r["method"] == "GET" and r["path"].rstrip("/").rsplit("/", 1)[-1] in job_ids)
 
 
 def new_zoho_connection(cluster: CeleryAirflow) -> tuple[str, str, str]:
@@ -342,9 +337,9 @@ def test_triggerer_restarts_while_loads_are_deferred(celery_airflow: CeleryAirfl
         cluster.restart_triggerer(sig)
         seen |= cluster.airflow.wait_for(f"a new triggerer to take the triggers after {sig.name}",
                                          deferred_under_a_new_triggerer(seen), timeout=120)
-        polls = detail_calls(sandbox, set(jobs))
-        cluster.airflow.wait_for("the new triggerer to poll every job", lambda p=polls: detail_calls(
-            sandbox, set(jobs)) >= p + len(jobs), timeout=60)
+        polls = sum(job_detail_calls(sandbox, job) for job in jobs)
+        cluster.airflow.wait_for("the new triggerer to poll every job", lambda p=polls: sum(
+            job_detail_calls(sandbox, job) for job in jobs) >= p + len(jobs), timeout=60)
 
     sandbox.advance_clock(600)  # ADDED -> IN PROGRESS -> COMPLETED
     run = cluster.airflow.wait_for_run(WAIT_DAG, run_id, timeout=180)
